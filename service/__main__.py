@@ -1,0 +1,102 @@
+"""`mnist-serve`: run the service on uvicorn; every flag is also a `MNIST_*` variable."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+
+from fastapi import FastAPI
+from pydantic import ValidationError
+
+from service.logs import configure_logging
+from service.metrics import MULTIPROC_ENV
+from service.settings import ENV_PREFIX, Settings
+
+# Flag name -> Settings field, for the flags that are plain settings.
+FLAGS: dict[str, str] = {
+    "--model-repository": "model_repository",
+    "--model-name": "model_name",
+    "--model-version": "model_version",
+    "--host": "host",
+    "--port": "port",
+    "--workers": "workers",
+    "--log-level": "log_level",
+    "--max-batch-size": "max_batch_size",
+    "--max-batch-delay-ms": "max_batch_delay_ms",
+    "--max-queue-images": "max_queue_images",
+    "--request-timeout-ms": "request_timeout_ms",
+}
+
+
+def app_factory() -> FastAPI:
+    """What each uvicorn worker process calls: settings come from the environment the CLI set."""
+    from service.app import create_app
+
+    settings = Settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)
+
+
+def parse_args(argv: Sequence[str] | None) -> dict[str, str]:
+    parser = argparse.ArgumentParser(
+        prog="mnist-serve",
+        description="Serve the MNIST model over HTTP. Each flag can also be set with the "
+        f"environment variable {ENV_PREFIX}<FLAG> (for example {ENV_PREFIX}PORT=8080).",
+    )
+    for flag, field in FLAGS.items():
+        env = ENV_PREFIX + field.upper()
+        parser.add_argument(flag, dest=field, default=None, help=f"(env {env})")
+    parser.add_argument(
+        "--no-batching",
+        action="store_true",
+        help="run every request alone (env MNIST_BATCHING=false)",
+    )
+    args = vars(parser.parse_args(argv))
+    overrides = {
+        ENV_PREFIX + k.upper(): str(v)
+        for k, v in args.items()
+        if k in FLAGS.values() and v is not None
+    }
+    if args["no_batching"]:
+        overrides[ENV_PREFIX + "BATCHING"] = "false"
+    return overrides
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.update(parse_args(argv))
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            field = ENV_PREFIX + str(error["loc"][0]).upper()
+            print(
+                f"mnist-serve: {field}: {error['msg']} (got {error.get('input')!r})",
+                file=sys.stderr,
+            )
+        return 2
+    configure_logging(settings.log_level)
+    if settings.workers > 1 and not os.environ.get(MULTIPROC_ENV):
+        # Workers share their metrics through files; a fresh directory per server run.
+        os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="mnist-serving-metrics-")
+
+    import uvicorn
+
+    uvicorn.run(
+        "service.__main__:app_factory",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_level=settings.log_level,
+        log_config=None,
+        access_log=False,
+        backlog=4096,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

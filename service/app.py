@@ -1,0 +1,92 @@
+"""`create_app(settings)`: the one place the service is wired together."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service import __version__
+from service.dataplane import DataPlane
+from service.errors import ServingError, error_response, handle_serving_error
+from service.health import router as health_router
+from service.metrics import Metrics
+from service.middleware import RequestContextMiddleware
+from service.protocols.native import router as native_router
+from service.protocols.tfserving import router as tfserving_router
+from service.protocols.v2 import router as v2_router
+from service.settings import Settings
+
+log = logging.getLogger("service.app")
+
+DESCRIPTION = """
+Handwritten digit recognition (MNIST) with server-side dynamic batching.
+
+Three APIs over the same model and batcher: the native `/v1/predict`, TensorFlow Serving's REST
+API (`/v1/models/{name}:predict`) and the Open Inference Protocol / KServe V2 (`/v2/...`).
+Pixels follow MNIST: 28x28, 0 is background, 255 is ink.
+"""
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return error_response(exc.status_code, str(exc.detail), "http_error", dict(exc.headers or {}))
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {}
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    return error_response(422, f"{where}: {first.get('msg', 'invalid request')}", "invalid_input")
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s", request.url.path)
+    return error_response(500, "internal server error", "internal")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = Metrics()
+    plane = DataPlane(settings, metrics)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # The model loads in the background: the app starts answering /healthz at once.
+        await plane.start()
+        try:
+            yield
+        finally:
+            await plane.stop()
+
+    app = FastAPI(
+        title="mnist-serving",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        exception_handlers={
+            ServingError: handle_serving_error,
+            HTTPException: _http_error,
+            RequestValidationError: _validation_error,
+            Exception: _unexpected_error,
+        },
+    )
+    app.state.settings = settings
+    app.state.dataplane = plane
+    app.state.metrics = metrics
+    for router in (health_router, native_router, tfserving_router, v2_router):
+        app.include_router(router)
+
+    @app.get("/metrics", tags=["health"], summary="Prometheus metrics")
+    async def metrics_endpoint() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, log_requests=settings.access_log)
+    return app

@@ -1,0 +1,30 @@
+"""Probes: `/healthz` says the process answers (never the model), `/readyz` says send traffic."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.responses import Response
+
+from service.protocols.body import DataPlaneDep, json_response
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", summary="Liveness: the process is up")
+async def healthz() -> Response:
+    return json_response({"status": "alive"})
+
+
+@router.get(
+    "/readyz",
+    summary="Readiness: a model is loaded and warmed",
+    responses={503: {"description": "No model ready (loading, none found, or shutting down)"}},
+)
+async def readyz(plane: DataPlaneDep) -> Response:
+    if plane.ready and plane.served is not None:
+        return json_response(
+            {"status": "ready", "model": plane.name, "version": str(plane.served.version)}
+        )
+    return json_response(
+        {"status": "not_ready", "state": plane.state.value, "model": plane.name}, status_code=503
+    )

@@ -1,0 +1,143 @@
+"""The Prometheus metrics, defined in one place, one set per app.
+
+With several worker processes, prometheus_client's multiprocess mode is used: each worker writes
+its values to files under `PROMETHEUS_MULTIPROC_DIR` (the CLI sets it up before the workers start)
+and `/metrics` sums them, so the figures cover every worker whichever one answers the scrape.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_enabled() -> bool:
+    return bool(os.environ.get(MULTIPROC_ENV))
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.http_requests = Counter(
+            "http_requests_total",
+            "HTTP requests answered.",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.http_duration = Histogram(
+            "http_request_duration_seconds",
+            "Time from request start to response end.",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "inference_batch_size", "Images per model call.", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.queue_depth = Gauge(
+            "inference_queue_depth",
+            "Images waiting for the model.",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "inference_queue_wait_seconds",
+            "Time a request waited before its batch started.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference_duration = Histogram(
+            "inference_duration_seconds",
+            "Duration of one model call (one batch).",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.predictions = Counter(
+            "predictions_total",
+            "Images classified, by predicted digit.",
+            ["model", "version", "digit"],
+            registry=r,
+        )
+        self.rejected = Counter(
+            "requests_rejected_total",
+            "Requests refused or dropped by the server (queue_full, deadline, shutting_down).",
+            ["reason"],
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "model_info",
+            "1 for each model version being served.",
+            ["model", "version"],
+            multiprocess_mode="liveall",
+            registry=r,
+        )
+        self.model_load_seconds = Histogram(
+            "model_load_seconds",
+            "Time to load and warm one model version.",
+            buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=r,
+        )
+        self.model_load_failures = Counter(
+            "model_load_failures_total",
+            "Model versions that could not be loaded.",
+            ["model"],
+            registry=r,
+        )
+
+    def render(self) -> tuple[bytes, str]:
+        if multiprocess_enabled():
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class BatcherMetrics:
+    """Adapts `Metrics` to the batcher's observer protocol."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._m = metrics
+
+    def batch_done(self, size: int, seconds: float) -> None:
+        self._m.batch_size.observe(size)
+        self._m.inference_duration.observe(seconds)
+
+    def queue_wait(self, seconds: float) -> None:
+        self._m.queue_wait.observe(seconds)
+
+    def queue_depth(self, images: int) -> None:
+        self._m.queue_depth.set(images)
+
+    def rejected(self, reason: str) -> None:
+        self._m.rejected.labels(reason).inc()

@@ -1,0 +1,88 @@
+"""Reading a request body within the configured limits, before any decoding happens."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import orjson
+from fastapi import Depends
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service.dataplane import DataPlane
+from service.decoding import may_hold_booleans, parse_json
+from service.errors import MalformedRequest, PayloadTooLarge, UnsupportedMediaType
+from service.settings import Settings
+
+
+def get_dataplane(request: Request) -> DataPlane:
+    plane: DataPlane = request.app.state.dataplane
+    return plane
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+DataPlaneDep = Annotated[DataPlane, Depends(get_dataplane)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """Refuse by Content-Length before reading; count while streaming when there is none."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise MalformedRequest(f"invalid Content-Length header {declared!r}") from None
+        if size > max_bytes:
+            raise PayloadTooLarge(
+                f"request body of {size} bytes exceeds the {max_bytes} byte limit"
+            )
+        return await request.body()
+    chunks = bytearray()
+    async for chunk in request.stream():
+        chunks += chunk
+        if len(chunks) > max_bytes:
+            raise PayloadTooLarge(f"request body exceeds the {max_bytes} byte limit")
+    return bytes(chunks)
+
+
+def require_json_content_type(request: Request, *, lenient: bool = False) -> None:
+    """JSON bodies must say so; `lenient` also takes curl's default form type (TF Serving does)."""
+    content_type = request.headers.get("content-type")
+    if content_type is None:
+        return
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media == "application/json" or media.endswith("+json"):
+        return
+    if lenient and media in ("application/x-www-form-urlencoded", "text/plain"):
+        return
+    raise UnsupportedMediaType(
+        f"unsupported Content-Type '{media}'; send the body as application/json"
+    )
+
+
+async def read_json(
+    request: Request, settings: Settings, *, lenient: bool = False
+) -> tuple[Any, bool]:
+    """The parsed body, and whether it may hold JSON booleans (see `may_hold_booleans`)."""
+    require_json_content_type(request, lenient=lenient)
+    body = await read_body(request, settings.max_body_bytes)
+    if not body:
+        raise MalformedRequest("request body is empty; send a JSON object")
+    return parse_json(body), may_hold_booleans(body)
+
+
+def json_response(
+    content: Any, status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """orjson straight to bytes: response models document the shape, they do not re-check it."""
+    return Response(
+        orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY),
+        status_code=status_code,
+        media_type="application/json",
+        headers=headers,
+    )

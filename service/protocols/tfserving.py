@@ -1,0 +1,186 @@
+"""TensorFlow Serving's REST API, so existing TF Serving clients work unchanged.
+
+Shapes follow TF Serving's `api_rest.md`: `instances` (row format) answers `predictions`, `inputs`
+(columnar) answers `outputs`; with one output tensor its name is left out. Errors are
+`{"error": ...}` with 400 for invalid arguments, as TF Serving's HTTP server maps them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service.dataplane import DataPlane, ModelState
+from service.decoding import images_from_nested
+from service.errors import InvalidInput, ModelNotFound
+from service.protocols.body import DataPlaneDep, SettingsDep, json_response, read_json
+from service.runtime import INPUT_NAME, OUTPUT_NAME, SIGNATURE_NAME
+from service.schemas import ERROR_RESPONSES
+
+router = APIRouter(tags=["tensorflow-serving"])
+
+
+def parse_version(version: str) -> int:
+    if not version.isdigit():
+        raise ModelNotFound(f"model version '{version}' is not a number")
+    return int(version)
+
+
+def images_from_tfs_payload(
+    payload: Any, max_images: int, check_booleans: bool = True
+) -> tuple[Any, bool]:
+    """Return (images, columnar) from either request format."""
+    if not isinstance(payload, dict):
+        raise InvalidInput("request body must be a JSON object")
+    signature = payload.get("signature_name", SIGNATURE_NAME)
+    if signature != SIGNATURE_NAME:
+        raise InvalidInput(f"serving signature name: '{signature}' not found in signature def")
+    has_instances, has_inputs = "instances" in payload, "inputs" in payload
+    if has_instances == has_inputs:
+        raise InvalidInput("JSON object must contain exactly one of 'instances' or 'inputs'")
+    if has_instances:
+        instances = payload["instances"]
+        if isinstance(instances, list) and instances and isinstance(instances[0], dict):
+            instances = [_named_input(row, "instances") for row in instances]
+        images = images_from_nested(
+            instances, field="instances", max_images=max_images, check_booleans=check_booleans
+        )
+        return images, False
+    inputs = payload["inputs"]
+    if isinstance(inputs, dict):
+        inputs = _named_input(inputs, "inputs")
+    images = images_from_nested(
+        inputs, field="inputs", max_images=max_images, check_booleans=check_booleans
+    )
+    return images, True
+
+
+def _named_input(row: Any, field: str) -> Any:
+    if not isinstance(row, dict) or set(row) != {INPUT_NAME}:
+        keys = sorted(row) if isinstance(row, dict) else row
+        raise InvalidInput(
+            f"'{field}' objects must have exactly the key '{INPUT_NAME}', got {keys}"
+        )
+    return row[INPUT_NAME]
+
+
+async def _predict(
+    request: Request, plane: DataPlane, settings: Any, name: str, version: int | None
+) -> Response:
+    payload, check_booleans = await read_json(request, settings, lenient=True)
+    plane.resolve(name, version)  # 404 for an unknown model before decoding the body
+    images, columnar = images_from_tfs_payload(payload, settings.max_request_images, check_booleans)
+    request.state.images = len(images)
+    result = await plane.infer(images, name, version)
+    key = "outputs" if columnar else "predictions"
+    return json_response({key: result.probabilities})
+
+
+@router.post(
+    "/v1/models/{name}:predict", summary="Predict (TF Serving REST)", responses=ERROR_RESPONSES
+)
+async def predict(
+    request: Request, name: str, plane: DataPlaneDep, settings: SettingsDep
+) -> Response:
+    return await _predict(request, plane, settings, name, None)
+
+
+@router.post(
+    "/v1/models/{name}/versions/{version}:predict",
+    summary="Predict with a given version (TF Serving REST)",
+    responses=ERROR_RESPONSES,
+)
+async def predict_version(
+    request: Request, name: str, version: str, plane: DataPlaneDep, settings: SettingsDep
+) -> Response:
+    return await _predict(request, plane, settings, name, parse_version(version))
+
+
+def _status(plane: DataPlane, name: str, version: int | None) -> Response:
+    if name != plane.name:
+        raise ModelNotFound(f"Servable not found for request: Latest({name})")
+    served = plane.served
+    if version is not None and (served is None or served.version != version):
+        raise ModelNotFound(f"Servable not found for request: Specific({name}, {version})")
+    shown = served.version if served is not None else (version or 0)
+    state = plane.state.value if plane.state is not ModelState.START else "START"
+    error = plane.load_errors.get(shown, "")
+    return json_response(
+        {
+            "model_version_status": [
+                {
+                    "version": str(shown),
+                    "state": state,
+                    "status": {"error_code": "UNKNOWN" if error else "OK", "error_message": error},
+                }
+            ]
+        }
+    )
+
+
+@router.get(
+    "/v1/models/{name}", summary="Model status (TF Serving REST)", responses=ERROR_RESPONSES
+)
+async def status(name: str, plane: DataPlaneDep) -> Response:
+    return _status(plane, name, None)
+
+
+@router.get(
+    "/v1/models/{name}/versions/{version}",
+    summary="Model version status (TF Serving REST)",
+    responses=ERROR_RESPONSES,
+)
+async def status_version(name: str, version: str, plane: DataPlaneDep) -> Response:
+    return _status(plane, name, parse_version(version))
+
+
+def _tensor_info(name: str, dims: list[int], tensor: str) -> dict[str, Any]:
+    return {
+        "dtype": "DT_FLOAT",
+        "tensor_shape": {
+            "dim": [{"size": str(d), "name": ""} for d in dims],
+            "unknown_rank": False,
+        },
+        "name": tensor,
+    }
+
+
+def _metadata(plane: DataPlane, name: str, version: int | None) -> Response:
+    served = plane.resolve(name, version)
+    signature = {
+        "inputs": {
+            INPUT_NAME: _tensor_info(
+                INPUT_NAME, [-1, 28, 28, 1], f"{SIGNATURE_NAME}_{INPUT_NAME}:0"
+            )
+        },
+        "outputs": {OUTPUT_NAME: _tensor_info(OUTPUT_NAME, [-1, 10], "StatefulPartitionedCall:0")},
+        "method_name": "tensorflow/serving/predict",
+        "defaults": {},
+    }
+    return json_response(
+        {
+            "model_spec": {"name": name, "signature_name": "", "version": str(served.version)},
+            "metadata": {"signature_def": {"signature_def": {SIGNATURE_NAME: signature}}},
+        }
+    )
+
+
+@router.get(
+    "/v1/models/{name}/metadata",
+    summary="Model metadata (TF Serving REST)",
+    responses=ERROR_RESPONSES,
+)
+async def metadata(name: str, plane: DataPlaneDep) -> Response:
+    return _metadata(plane, name, None)
+
+
+@router.get(
+    "/v1/models/{name}/versions/{version}/metadata",
+    summary="Model version metadata (TF Serving REST)",
+    responses=ERROR_RESPONSES,
+)
+async def metadata_version(name: str, version: str, plane: DataPlaneDep) -> Response:
+    return _metadata(plane, name, parse_version(version))

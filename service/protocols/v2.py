@@ -1,0 +1,321 @@
+"""The Open Inference Protocol (KServe V2) over REST, including Triton's binary tensor extension.
+
+`tritonclient.http` sends tensors as raw bytes after a JSON header by default
+(`Inference-Header-Content-Length`), so the extension is what makes Triton's own client work
+unchanged. Errors are `{"error": ...}`, 400 for invalid input, as the spec and Triton answer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service import __version__
+from service.dataplane import DataPlane
+from service.decoding import (
+    IMAGE_SIDE,
+    PIXELS,
+    check_pixels,
+    may_hold_booleans,
+    parse_json,
+    to_number_array,
+)
+from service.errors import InvalidInput, MalformedRequest, ModelNotFound, UnsupportedMediaType
+from service.protocols.body import DataPlaneDep, SettingsDep, json_response, read_body
+from service.runtime import INPUT_NAME, OUTPUT_NAME
+from service.schemas import ERROR_RESPONSES
+from service.settings import Settings
+
+router = APIRouter(tags=["kserve-v2"])
+
+BINARY_HEADER = "inference-header-content-length"
+DIGIT_OUTPUT = "digit"
+
+# V2 datatypes a pixel may arrive in, as little-endian numpy types (the binary extension's order).
+DATATYPES: dict[str, np.dtype[Any]] = {
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+}
+ACCEPTED_SHAPES = "[N, 28, 28, 1], [N, 28, 28] or [N, 784]"
+
+
+@router.get("/v2", summary="Server metadata (V2)")
+async def server_metadata() -> Response:
+    return json_response(
+        {"name": "mnist-serving", "version": __version__, "extensions": ["binary_tensor_data"]}
+    )
+
+
+@router.get("/v2/health/live", summary="Server live (V2)")
+async def live() -> Response:
+    return json_response({"live": True})
+
+
+@router.get("/v2/health/ready", summary="Server ready (V2)")
+async def ready(plane: DataPlaneDep) -> Response:
+    return json_response({"ready": plane.ready}, status_code=200 if plane.ready else 503)
+
+
+def _check_model(plane: DataPlane, name: str, version: str | None) -> int | None:
+    if name != plane.name:
+        raise ModelNotFound(f"model '{name}' not found; this server serves '{plane.name}'")
+    if version is None:
+        return None
+    if not version.isdigit():
+        raise ModelNotFound(f"model '{name}' has no version '{version}'")
+    return int(version)
+
+
+def _model_ready(plane: DataPlane, name: str, version: str | None) -> Response:
+    wanted = _check_model(plane, name, version)
+    served = plane.served
+    is_ready = plane.ready and served is not None and wanted in (None, served.version)
+    return json_response({"name": name, "ready": is_ready}, status_code=200 if is_ready else 503)
+
+
+def _model_metadata(plane: DataPlane, name: str, version: str | None) -> Response:
+    served = plane.resolve(name, _check_model(plane, name, version))
+    return json_response(
+        {
+            "name": name,
+            "versions": [str(served.version)],
+            "platform": "tensorflow_savedmodel",
+            "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, 28, 28, 1]}],
+            "outputs": [
+                {"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, 10]},
+                {"name": DIGIT_OUTPUT, "datatype": "INT64", "shape": [-1]},
+            ],
+        }
+    )
+
+
+@router.get("/v2/models/{name}/ready", summary="Model ready (V2)")
+async def model_ready(name: str, plane: DataPlaneDep) -> Response:
+    return _model_ready(plane, name, None)
+
+
+@router.get("/v2/models/{name}/versions/{version}/ready", summary="Model version ready (V2)")
+async def model_version_ready(name: str, version: str, plane: DataPlaneDep) -> Response:
+    return _model_ready(plane, name, version)
+
+
+@router.get("/v2/models/{name}", summary="Model metadata (V2)", responses=ERROR_RESPONSES)
+async def model_metadata(name: str, plane: DataPlaneDep) -> Response:
+    return _model_metadata(plane, name, None)
+
+
+@router.get(
+    "/v2/models/{name}/versions/{version}",
+    summary="Model version metadata (V2)",
+    responses=ERROR_RESPONSES,
+)
+async def model_version_metadata(name: str, version: str, plane: DataPlaneDep) -> Response:
+    return _model_metadata(plane, name, version)
+
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    name: str
+    binary: bool
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    id: str | None
+    images: npt.NDArray[np.float32]
+    outputs: list[RequestedOutput]
+
+
+def decode_infer_request(
+    body: bytes, header_length: str | None, settings: Settings
+) -> InferRequest:
+    binary = b""
+    if header_length is not None:
+        try:
+            json_size = int(header_length)
+        except ValueError:
+            raise MalformedRequest(f"invalid {BINARY_HEADER} header {header_length!r}") from None
+        if not 0 < json_size <= len(body):
+            raise MalformedRequest(
+                f"{BINARY_HEADER} is {json_size} but the body has {len(body)} bytes"
+            )
+        body, binary = body[:json_size], body[json_size:]
+    payload = parse_json(body)
+    if not isinstance(payload, dict):
+        raise InvalidInput("inference request must be a JSON object")
+    inputs = payload.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise InvalidInput(f"expected exactly one input tensor named '{INPUT_NAME}' in 'inputs'")
+    images = _decode_tensor(inputs[0], binary, settings.max_request_images, may_hold_booleans(body))
+    request_id = payload.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidInput("'id' must be a string")
+    binary_default = bool(_parameters(payload).get("binary_data_output", False))
+    requested = payload.get("outputs")
+    if requested is None:
+        outputs = [RequestedOutput(OUTPUT_NAME, binary_default)]
+    else:
+        if not isinstance(requested, list) or not all(isinstance(o, dict) for o in requested):
+            raise InvalidInput("'outputs' must be a list of objects with a 'name'")
+        outputs = []
+        for item in requested:
+            name = item.get("name")
+            if name not in (OUTPUT_NAME, DIGIT_OUTPUT):
+                raise InvalidInput(
+                    f"unknown output '{name}'; this model has '{OUTPUT_NAME}' and '{DIGIT_OUTPUT}'"
+                )
+            outputs.append(
+                RequestedOutput(name, bool(_parameters(item).get("binary_data", binary_default)))
+            )
+    return InferRequest(request_id, images, outputs)
+
+
+def _parameters(obj: dict[str, Any]) -> dict[str, Any]:
+    parameters = obj.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise InvalidInput("'parameters' must be an object")
+    return parameters
+
+
+def _decode_tensor(
+    tensor: dict[str, Any], binary: bytes, max_images: int, check_booleans: bool
+) -> npt.NDArray[np.float32]:
+    name, datatype, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
+    if name != INPUT_NAME:
+        raise InvalidInput(f"unknown input '{name}'; the model's input is '{INPUT_NAME}'")
+    if datatype not in DATATYPES:
+        raise InvalidInput(
+            f"input '{INPUT_NAME}' has datatype {datatype!r}; use FP32 (or another numeric type)"
+        )
+    if (
+        not isinstance(shape, list)
+        or not shape
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+    ):
+        raise InvalidInput(f"input '{INPUT_NAME}' shape must be a list of non-negative integers")
+    count = shape[0]
+    if shape[1:] not in ([IMAGE_SIDE, IMAGE_SIDE, 1], [IMAGE_SIDE, IMAGE_SIDE], [PIXELS]):
+        raise InvalidInput(f"input '{INPUT_NAME}' shape {shape} is not {ACCEPTED_SHAPES}")
+    if count == 0:
+        raise InvalidInput(f"input '{INPUT_NAME}' holds no images")
+    if count > max_images:
+        raise InvalidInput(f"input '{INPUT_NAME}' holds {count} images; at most {max_images}")
+    elements = math.prod(shape)
+    binary_size = _parameters(tensor).get("binary_data_size")
+    if binary_size is not None:
+        dtype = DATATYPES[datatype]
+        if not isinstance(binary_size, int) or binary_size != elements * dtype.itemsize:
+            raise InvalidInput(
+                f"binary_data_size {binary_size} does not match shape {shape} of {datatype} "
+                f"({elements * dtype.itemsize} bytes)"
+            )
+        if len(binary) != binary_size:
+            raise MalformedRequest(
+                f"body carries {len(binary)} bytes of binary tensor data, expected {binary_size}"
+            )
+        flat: npt.NDArray[Any] = np.frombuffer(binary, dtype=dtype)
+    else:
+        data = tensor.get("data")
+        if not isinstance(data, list):
+            raise InvalidInput(f"input '{INPUT_NAME}' needs 'data' (a list of numbers)")
+        flat = to_number_array(data, "data", check_booleans).reshape(-1)
+        if flat.size != elements:
+            raise InvalidInput(
+                f"input '{INPUT_NAME}' has {flat.size} values but shape {shape} needs {elements}"
+            )
+    return check_pixels(flat.reshape(count, IMAGE_SIDE, IMAGE_SIDE, 1), "data")
+
+
+def encode_infer_response(
+    plane: DataPlane, request: InferRequest, probabilities: npt.NDArray[np.float32], version: int
+) -> Response:
+    tensors: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    for output in request.outputs:
+        array: npt.NDArray[Any]
+        if output.name == OUTPUT_NAME:
+            array, datatype = probabilities.astype("<f4", copy=False), "FP32"
+        else:
+            array, datatype = probabilities.argmax(axis=1).astype("<i8"), "INT64"
+        entry: dict[str, Any] = {
+            "name": output.name,
+            "datatype": datatype,
+            "shape": list(array.shape),
+        }
+        if output.binary:
+            raw = array.tobytes()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            entry["data"] = array.reshape(-1)
+        tensors.append(entry)
+    body: dict[str, Any] = {
+        "model_name": plane.name,
+        "model_version": str(version),
+        "outputs": tensors,
+    }
+    if request.id is not None:
+        body["id"] = request.id
+    header = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not chunks:
+        return Response(header, media_type="application/json")
+    return Response(
+        header + b"".join(chunks),
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
+
+
+async def _infer(
+    request: Request, plane: DataPlane, settings: Settings, name: str, version: str | None
+) -> Response:
+    wanted = _check_model(plane, name, version)
+    plane.resolve(name, wanted)
+    media = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if media not in ("application/json", "application/octet-stream"):
+        raise UnsupportedMediaType(
+            f"unsupported Content-Type '{media}'; send application/json, or "
+            "application/octet-stream with the binary tensor extension"
+        )
+    body = await read_body(request, settings.max_body_bytes)
+    if not body:
+        raise MalformedRequest("request body is empty; send a V2 inference request")
+    decoded = decode_infer_request(body, request.headers.get(BINARY_HEADER), settings)
+    request.state.images = len(decoded.images)
+    result = await plane.infer(decoded.images, name, wanted)
+    return encode_infer_response(plane, decoded, result.probabilities, result.version)
+
+
+@router.post("/v2/models/{name}/infer", summary="Inference (V2)", responses=ERROR_RESPONSES)
+async def infer(
+    request: Request, name: str, plane: DataPlaneDep, settings: SettingsDep
+) -> Response:
+    return await _infer(request, plane, settings, name, None)
+
+
+@router.post(
+    "/v2/models/{name}/versions/{version}/infer",
+    summary="Inference with a version (V2)",
+    responses=ERROR_RESPONSES,
+)
+async def infer_version(
+    request: Request, name: str, version: str, plane: DataPlaneDep, settings: SettingsDep
+) -> Response:
+    return await _infer(request, plane, settings, name, version)

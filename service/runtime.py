@@ -1,0 +1,125 @@
+"""The TensorFlow part alone: load a SavedModel version, check its contract, warm it, predict."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+log = logging.getLogger("service.runtime")
+
+SIGNATURE_NAME = "serving_default"
+INPUT_NAME = "image"
+OUTPUT_NAME = "probabilities"
+IMAGE_SHAPE = (28, 28, 1)
+NUM_CLASSES = 10
+
+
+class ModelLoadError(RuntimeError):
+    """A version directory that cannot be served: missing files, wrong signature, bad metadata."""
+
+
+@dataclass
+class LoadedModel:
+    """One version in memory. `predict` is called from the batcher's worker thread."""
+
+    name: str
+    version: int
+    path: Path
+    metadata: dict[str, Any]
+    load_seconds: float
+    _signature: Any
+    _keepalive: Any  # the loaded SavedModel object; the signature dies with it
+
+    def predict(self, images: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """(N, 28, 28, 1) float32 in 0-255 -> (N, 10) probabilities.
+
+        The input goes in as a keyword: a concrete function called positionally takes a slow path
+        (about 5 ms instead of 0.3 ms per call, measured here).
+        """
+        import tensorflow as tf
+
+        outputs = self._signature(**{INPUT_NAME: tf.convert_to_tensor(images)})
+        result: npt.NDArray[np.float32] = outputs[OUTPUT_NAME].numpy()
+        return result
+
+
+@functools.cache
+def configure_tensorflow(intra_op_threads: int, inter_op_threads: int) -> None:
+    """Once per process: TensorFlow refuses thread changes after its first op."""
+    import tensorflow as tf
+
+    try:
+        if intra_op_threads:
+            tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
+        if inter_op_threads:
+            tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads)
+    except RuntimeError:
+        log.warning("TensorFlow threads already fixed for this process; thread settings ignored")
+
+
+def read_metadata(path: Path) -> dict[str, Any]:
+    metadata_path = path / "metadata.json"
+    try:
+        metadata = json.loads(metadata_path.read_text())
+    except FileNotFoundError:
+        raise ModelLoadError(f"{metadata_path} is missing") from None
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{metadata_path} is unreadable: {exc}") from exc
+    if not isinstance(metadata, dict):
+        raise ModelLoadError(f"{metadata_path} is not a JSON object")
+    return metadata
+
+
+def load_model(name: str, version: int, path: Path) -> LoadedModel:
+    """Load and check the serving signature; raise `ModelLoadError` for anything unservable."""
+    import tensorflow as tf
+
+    started = time.monotonic()
+    metadata = read_metadata(path)
+    try:
+        loaded = tf.saved_model.load(str(path))
+    except Exception as exc:  # TensorFlow raises many types for corrupt files
+        raise ModelLoadError(f"{path}: cannot load the SavedModel: {exc}") from exc
+    signature = loaded.signatures.get(SIGNATURE_NAME)
+    if signature is None:
+        raise ModelLoadError(f"{path}: no '{SIGNATURE_NAME}' signature")
+    _check_signature(path, signature)
+    model = LoadedModel(
+        name, version, path, metadata, time.monotonic() - started, signature, loaded
+    )
+    return model
+
+
+def warm_up(model: LoadedModel, batch_sizes: tuple[int, ...]) -> None:
+    """Run each batch size once: the first calls pay for graph optimisation and allocation."""
+    for size in batch_sizes:
+        probabilities = model.predict(np.zeros((size, *IMAGE_SHAPE), np.float32))
+        if probabilities.shape != (size, NUM_CLASSES) or not np.all(np.isfinite(probabilities)):
+            raise ModelLoadError(
+                f"{model.path}: warm-up returned shape {probabilities.shape} or non-finite values"
+            )
+
+
+def _check_signature(path: Path, signature: Any) -> None:
+    _, kwargs = signature.structured_input_signature
+    spec = kwargs.get(INPUT_NAME)
+    if spec is None or len(kwargs) != 1:
+        raise ModelLoadError(
+            f"{path}: signature inputs are {sorted(kwargs)}, expected exactly '{INPUT_NAME}'"
+        )
+    if spec.dtype.name != "float32" or tuple(spec.shape.as_list()[1:]) != IMAGE_SHAPE:
+        raise ModelLoadError(
+            f"{path}: input '{INPUT_NAME}' is {spec.dtype.name}{spec.shape}, "
+            f"expected float32(None, 28, 28, 1)"
+        )
+    outputs = signature.structured_outputs
+    if OUTPUT_NAME not in outputs:
+        raise ModelLoadError(f"{path}: signature has no '{OUTPUT_NAME}' output")

@@ -1,0 +1,168 @@
+"""Shared fixtures: real MNIST, a tiny model trained on a little of it, live servers."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from training.config import ModelConfig, TrainConfig
+from training.data import MnistSplits, load_mnist
+
+TINY_MODEL = ModelConfig(
+    blocks=1, filters=8, dense_units=32, dropout=0.0, dense_dropout=0.0, batch_norm=False
+)
+
+
+@pytest.fixture(scope="session")
+def mnist() -> MnistSplits:
+    """The real files, from MNIST_DIR (CI) or the per-user cache, downloading if need be."""
+    return load_mnist()
+
+
+def tiny_train_config(repository: Path, **overrides: object) -> TrainConfig:
+    fields: dict[str, object] = {
+        "model_repository": repository,
+        "epochs": 2,
+        "batch_size": 64,
+        "limit": 1500,
+        "augment": False,
+        "reports": False,
+        "verbose": 0,
+        "model": TINY_MODEL,
+        "validation_split": 0.1,
+    }
+    fields.update(overrides)
+    return TrainConfig(**fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def trained_repository(tmp_path_factory: pytest.TempPathFactory, mnist: MnistSplits) -> Path:
+    """A model repository holding version 1 of a tiny CNN trained on 1,500 real digits."""
+    from training.train import run
+
+    repository = tmp_path_factory.mktemp("repository")
+    run(tiny_train_config(repository), mnist)
+    return repository
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class LiveServer:
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def client(self, **kwargs: object) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30, **kwargs)  # type: ignore[arg-type]
+
+    def logs(self) -> str:
+        return self.log_path.read_text()
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        wait_for(self.url + "/readyz", timeout, self)
+
+
+def wait_for(url: str, timeout: float, server: LiveServer) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"server exited early:\n{server.logs()[-3000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} not 200 within {timeout} s:\n{server.logs()[-3000:]}")
+
+
+def launch_server(
+    repository: Path, log_path: Path, wait_ready: bool = True, **env: str
+) -> LiveServer:
+    """Start `mnist-serve` as a real process on 127.0.0.1; the caller stops it (`stop_server`)."""
+    port = free_port()
+    environment = {
+        **os.environ,
+        "MNIST_MODEL_REPOSITORY": str(repository),
+        "MNIST_PORT": str(port),
+        "MNIST_MODEL_POLL_SECONDS": "0.2",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        **env,
+    }
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service"],
+            env=environment,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    server = LiveServer(f"http://127.0.0.1:{port}", process, log_path)
+    try:
+        wait_for(server.url + "/healthz", 60, server)
+        if wait_ready:
+            server.wait_ready()
+    except BaseException:
+        stop_server(server)
+        raise
+    return server
+
+
+def stop_server(server: LiveServer) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(30)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
+    """A factory for servers that live as long as the test."""
+    servers: list[LiveServer] = []
+
+    def start(repository: Path, wait_ready: bool = True, **env: str) -> LiveServer:
+        log_path = tmp_path / f"server-{len(servers)}.log"
+        server = launch_server(repository, log_path, wait_ready, **env)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        stop_server(server)
+
+
+@pytest.fixture(scope="module")
+def served_model(
+    trained_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    """One server over the tiny model, shared by a module's tests (limits set for error tests)."""
+    log_path = tmp_path_factory.mktemp("logs") / "server.log"
+    server = launch_server(
+        trained_repository, log_path, MNIST_MAX_REQUEST_IMAGES="4", MNIST_MAX_BODY_BYTES="400000"
+    )
+    yield server
+    stop_server(server)
+
+
+def copy_version(source_repository: Path, target_repository: Path, version: int = 1) -> None:
+    """Publish a version the way the exporter does: copy beside it, then one rename."""
+    model_dir = target_repository / "mnist"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    staging = model_dir / f".copy-{version}"
+    shutil.copytree(source_repository / "mnist" / "1", staging)
+    staging.rename(model_dir / str(version))

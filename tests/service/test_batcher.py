@@ -1,0 +1,209 @@
+"""The dynamic batcher with fake models: fast, exact, no TensorFlow."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from service.batcher import DynamicBatcher
+from service.errors import DeadlineExceeded, InferenceFailed, ModelNotReady, Overloaded
+
+Array = npt.NDArray[np.float32]
+
+
+class RecordingModel:
+    """Doubles its input and records the size of every call; can be made slow or failing."""
+
+    def __init__(self, delay: float = 0.0, fail_when: Callable[[Array], bool] | None = None):
+        self.delay = delay
+        self.fail_when = fail_when
+        self.calls: list[int] = []
+        self.seen: list[float] = []
+        self.release = threading.Event()
+        self.release.set()
+
+    def __call__(self, batch: Array) -> Array:
+        self.release.wait(10)
+        self.calls.append(len(batch))
+        self.seen.extend(batch[:, 0].tolist())
+        if self.delay:
+            time.sleep(self.delay)
+        if self.fail_when is not None and self.fail_when(batch):
+            raise RuntimeError("model exploded")
+        return batch * 2
+
+
+def images(*values: float) -> Array:
+    return np.array([[v] for v in values], dtype=np.float32)
+
+
+def run(coro: object) -> object:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def test_concurrent_requests_merge_into_batches_and_get_their_own_answers() -> None:
+    model = RecordingModel(delay=0.01)
+
+    async def scenario() -> list[Array]:
+        batcher = DynamicBatcher(model, max_batch_size=8, max_batch_delay=0.005)
+        batcher.start()
+        results = await asyncio.gather(*(batcher.submit(images(float(i)), 5) for i in range(40)))
+        await batcher.close()
+        return list(results)
+
+    results = run(scenario())
+    assert [r[0, 0] for r in results] == [2.0 * i for i in range(40)]  # type: ignore[index]
+    assert sum(model.calls) == 40
+    assert max(model.calls) <= 8
+    assert len(model.calls) < 40, "requests were not merged"
+
+
+def test_batches_never_exceed_the_maximum_and_large_requests_are_split() -> None:
+    model = RecordingModel()
+
+    async def scenario() -> Array:
+        batcher = DynamicBatcher(model, max_batch_size=4, max_batch_delay=0.001)
+        batcher.start()
+        big, small = await asyncio.gather(
+            batcher.submit(images(*range(10)), 5), batcher.submit(images(100, 101), 5)
+        )
+        await batcher.close()
+        assert small.tolist() == [[200.0], [202.0]]
+        return big
+
+    big = run(scenario())
+    assert big.ravel().tolist() == [2.0 * i for i in range(10)]  # type: ignore[union-attr]
+    assert max(model.calls) <= 4
+    assert sum(model.calls) == 12
+
+
+def test_a_lone_request_is_flushed_after_the_delay() -> None:
+    model = RecordingModel()
+
+    async def scenario() -> float:
+        batcher = DynamicBatcher(model, max_batch_size=64, max_batch_delay=0.05)
+        batcher.start()
+        started = time.monotonic()
+        await batcher.submit(images(1), 5)
+        elapsed = time.monotonic() - started
+        await batcher.close()
+        return elapsed
+
+    elapsed = run(scenario())
+    assert 0.04 <= elapsed < 1.0  # type: ignore[operator]
+    assert model.calls == [1]
+
+
+def test_a_full_batch_does_not_wait_for_the_delay() -> None:
+    model = RecordingModel()
+
+    async def scenario() -> float:
+        batcher = DynamicBatcher(model, max_batch_size=4, max_batch_delay=5.0)
+        batcher.start()
+        started = time.monotonic()
+        await asyncio.gather(*(batcher.submit(images(i), 10) for i in range(4)))
+        elapsed = time.monotonic() - started
+        await batcher.close()
+        return elapsed
+
+    assert run(scenario()) < 1.0  # type: ignore[operator]
+    assert model.calls == [4]
+
+
+def test_full_queue_refuses_at_once_with_retry_after() -> None:
+    model = RecordingModel()
+    model.release.clear()  # the model hangs until released
+
+    async def scenario() -> None:
+        batcher = DynamicBatcher(
+            model, max_batch_size=2, max_batch_delay=0, max_queue_images=4, retry_after_seconds=3
+        )
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit(images(1, 2), 5))
+        await asyncio.sleep(0.05)  # taken by the (stuck) model: the queue is empty again
+        queued = [asyncio.ensure_future(batcher.submit(images(i, i), 5)) for i in range(2)]
+        await asyncio.sleep(0)
+        started = time.monotonic()
+        with pytest.raises(Overloaded) as refused:
+            await batcher.submit(images(9), 5)
+        assert time.monotonic() - started < 0.05
+        assert refused.value.headers["Retry-After"] == "3"
+        model.release.set()
+        await asyncio.gather(first, *queued)
+        await batcher.close()
+
+    run(scenario())
+
+
+def test_expired_requests_are_dropped_before_the_model() -> None:
+    model = RecordingModel()
+    model.release.clear()
+
+    async def scenario() -> None:
+        batcher = DynamicBatcher(model, max_batch_size=1, max_batch_delay=0)
+        batcher.start()
+        blocker = asyncio.ensure_future(batcher.submit(images(1), 5))
+        await asyncio.sleep(0.05)
+        with pytest.raises(DeadlineExceeded):
+            await batcher.submit(images(666), 0.05)
+        model.release.set()
+        await blocker
+        await batcher.close()
+
+    run(scenario())
+    assert 666.0 not in model.seen
+    assert model.calls == [1]
+
+
+def test_a_failing_batch_fails_only_its_requests_and_the_batcher_goes_on() -> None:
+    model = RecordingModel(fail_when=lambda batch: bool((batch == 13).any()))
+
+    async def scenario() -> None:
+        batcher = DynamicBatcher(model, max_batch_size=2, max_batch_delay=0.02)
+        batcher.start()
+        bad, neighbour = await asyncio.gather(
+            batcher.submit(images(13), 5), batcher.submit(images(1), 5), return_exceptions=True
+        )
+        assert isinstance(bad, InferenceFailed)
+        assert "model exploded" in bad.message
+        assert isinstance(neighbour, InferenceFailed)  # same batch, same fate
+        later = await batcher.submit(images(7), 5)
+        assert later.tolist() == [[14.0]]
+        await batcher.close()
+
+    run(scenario())
+
+
+def test_merge_off_runs_each_request_alone_even_when_large() -> None:
+    model = RecordingModel(delay=0.005)
+
+    async def scenario() -> None:
+        batcher = DynamicBatcher(model, max_batch_size=4, merge=False)
+        batcher.start()
+        await asyncio.gather(*(batcher.submit(images(*range(6)), 5) for _ in range(5)))
+        await batcher.close()
+
+    run(scenario())
+    assert model.calls == [6] * 5
+
+
+def test_close_answers_everything_queued_then_refuses() -> None:
+    model = RecordingModel(delay=0.01)
+
+    async def scenario() -> None:
+        batcher = DynamicBatcher(model, max_batch_size=2, max_batch_delay=0.01)
+        batcher.start()
+        pending = [asyncio.ensure_future(batcher.submit(images(i), 5)) for i in range(7)]
+        await asyncio.sleep(0)
+        await batcher.close()
+        assert [p.result()[0, 0] for p in pending] == [2.0 * i for i in range(7)]
+        with pytest.raises(ModelNotReady):
+            await batcher.submit(images(1), 5)
+
+    run(scenario())

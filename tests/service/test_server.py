@@ -1,0 +1,267 @@
+"""End to end over a real uvicorn process: readiness, the three APIs agreeing, Triton's own client,
+metrics, request ids and structured logs."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.conftest import LiveServer, copy_version
+from training.data import MnistSplits
+
+Start = Callable[..., LiveServer]
+
+
+@pytest.fixture(scope="module")
+def digits(mnist: MnistSplits) -> np.ndarray:
+    return mnist.test_images[:24]
+
+
+@pytest.fixture(scope="module")
+def expected_digits(trained_repository: Path, digits: np.ndarray) -> list[int]:
+    """What TensorFlow itself says, in this process, from the exported SavedModel."""
+    loaded = tf.saved_model.load(str(trained_repository / "mnist" / "1"))
+    images = tf.constant(digits[..., None].astype(np.float32))
+    probabilities = loaded.signatures["serving_default"](image=images)["probabilities"]
+    return [int(d) for d in probabilities.numpy().argmax(axis=1)]
+
+
+def scrape(server: LiveServer) -> str:
+    return httpx.get(server.url + "/metrics").text
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        match = re.match(rf"^{re.escape(name)}(\{{(.*)\}})? (\S+)$", line)
+        if not match:
+            continue
+        sample = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
+        if all(sample.get(k) == v for k, v in labels.items()):
+            total += float(match.group(3))
+    return total
+
+
+def test_not_ready_until_a_model_appears_then_serves(
+    start_server: Start, trained_repository: Path, tmp_path: Path
+) -> None:
+    empty = tmp_path / "empty-repository"
+    server = start_server(empty, wait_ready=False)
+    with server.client() as client:
+        assert client.get("/healthz").status_code == 200
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["status"] == "not_ready"
+        assert client.get("/v2/health/ready").status_code == 503
+        refused = client.post("/v1/predict", json={"instances": [[0] * 784]})
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"]
+        assert str(empty.resolve() / "mnist") in server.logs()
+
+        copy_version(trained_repository, empty)
+        server.wait_ready()
+        answer = client.post("/v1/predict", json={"instances": [[0] * 784]})
+        assert answer.status_code == 200
+        assert answer.json()["model_version"] == "1"
+
+
+def test_all_three_apis_give_the_digits_tensorflow_gives(
+    served_model: LiveServer, digits: np.ndarray, expected_digits: list[int]
+) -> None:
+    with served_model.client() as client:
+        native = [
+            p["digit"]
+            for chunk in range(0, len(digits), 4)
+            for p in client.post(
+                "/v1/predict", json={"instances": digits[chunk : chunk + 4].tolist()}
+            ).json()["predictions"]
+        ]
+        tfs_rows = []
+        for chunk in range(0, len(digits), 4):
+            batch = digits[chunk : chunk + 4, ..., None].tolist()
+            answer = client.post("/v1/models/mnist:predict", json={"instances": batch})
+            tfs_rows += answer.json()["predictions"]
+        columnar = client.post(
+            "/v1/models/mnist:predict", json={"inputs": {"image": digits[:4].tolist()}}
+        ).json()["outputs"]
+        v2_digits = []
+        for chunk in range(0, len(digits), 4):
+            batch = digits[chunk : chunk + 4]
+            answer = client.post(
+                "/v2/models/mnist/infer",
+                json={
+                    "id": f"chunk-{chunk}",
+                    "inputs": [
+                        {
+                            "name": "image",
+                            "shape": [len(batch), 28, 28, 1],
+                            "datatype": "UINT8",
+                            "data": batch.ravel().tolist(),
+                        }
+                    ],
+                    "outputs": [{"name": "digit"}],
+                },
+            ).json()
+            assert answer["id"] == f"chunk-{chunk}"
+            assert answer["outputs"][0]["shape"] == [len(batch)]
+            v2_digits += answer["outputs"][0]["data"]
+    assert native == expected_digits
+    assert [int(np.argmax(row)) for row in tfs_rows] == expected_digits
+    assert [int(np.argmax(row)) for row in columnar] == expected_digits[:4]
+    assert v2_digits == expected_digits
+
+
+def test_tensorflow_serving_status_and_metadata_shapes(served_model: LiveServer) -> None:
+    with served_model.client() as client:
+        status = client.get("/v1/models/mnist").json()
+        assert status == {
+            "model_version_status": [
+                {
+                    "version": "1",
+                    "state": "AVAILABLE",
+                    "status": {"error_code": "OK", "error_message": ""},
+                }
+            ]
+        }
+        metadata = client.get("/v1/models/mnist/metadata").json()
+        signature = metadata["metadata"]["signature_def"]["signature_def"]["serving_default"]
+        assert metadata["model_spec"]["version"] == "1"
+        dims = signature["inputs"]["image"]["tensor_shape"]["dim"]
+        assert [d["size"] for d in dims] == ["-1", "28", "28", "1"]
+        assert client.get("/v1/models/mnist/versions/1").status_code == 200
+        assert client.get("/v1/models/mnist/versions/2").status_code == 404
+
+
+def test_tritonclient_speaks_to_the_v2_api(
+    served_model: LiveServer, digits: np.ndarray, expected_digits: list[int]
+) -> None:
+    import tritonclient.http as triton
+    from tritonclient.utils import InferenceServerException
+
+    client = triton.InferenceServerClient(url=served_model.url.removeprefix("http://"))
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    assert client.is_model_ready("mnist")
+    metadata = client.get_model_metadata("mnist")
+    assert metadata["inputs"][0]["name"] == "image"
+    images = digits[:4, ..., None].astype(np.float32)
+    for binary in (True, False):
+        tensor = triton.InferInput("image", list(images.shape), "FP32")
+        tensor.set_data_from_numpy(images, binary_data=binary)
+        outputs = [
+            triton.InferRequestedOutput("probabilities", binary_data=binary),
+            triton.InferRequestedOutput("digit", binary_data=binary),
+        ]
+        result = client.infer("mnist", [tensor], outputs=outputs, request_id="triton-1")
+        probabilities = result.as_numpy("probabilities")
+        assert probabilities.shape == (4, 10)
+        assert result.as_numpy("digit").tolist() == expected_digits[:4]
+        assert probabilities.argmax(axis=1).tolist() == expected_digits[:4]
+    wrong = triton.InferInput("pixels", list(images.shape), "FP32")
+    wrong.set_data_from_numpy(images)
+    with pytest.raises(InferenceServerException, match="unknown input"):
+        client.infer("mnist", [wrong])
+    client.close()
+
+
+def test_metrics_move_after_requests(served_model: LiveServer) -> None:
+    before = scrape(served_model)
+    with served_model.client() as client:
+        for _ in range(3):
+            assert (
+                client.post("/v1/predict", json={"instances": [[0] * 784] * 2}).status_code == 200
+            )
+    after = scrape(served_model)
+    for name, labels, grew_by in [
+        ("http_requests_total", {"route": "/v1/predict", "status": "200"}, 3),
+        ("http_request_duration_seconds_count", {"route": "/v1/predict"}, 3),
+        ("inference_batch_size_sum", {}, 6),
+        ("inference_duration_seconds_count", {}, 1),
+        ("inference_queue_wait_seconds_count", {}, 3),
+        ("predictions_total", {"model": "mnist", "version": "1"}, 6),
+    ]:
+        grown = metric(after, name, **labels) - metric(before, name, **labels)
+        assert grown >= grew_by, (name, grown)
+    assert metric(after, "model_info", model="mnist", version="1") == 1
+    assert "inference_queue_depth" in after
+    assert "requests_rejected_total" in after
+
+
+def test_request_id_is_echoed_or_made_and_logged_as_json(served_model: LiveServer) -> None:
+    with served_model.client() as client:
+        mine = client.post(
+            "/v1/predict", json={"instances": [[0] * 784]}, headers={"X-Request-ID": "abc-123"}
+        )
+        made = client.get("/healthz")
+    assert mine.headers["x-request-id"] == "abc-123"
+    assert re.fullmatch(r"[0-9a-f]{32}", made.headers["x-request-id"])
+    entries = [
+        json.loads(line) for line in served_model.logs().splitlines() if line.startswith("{")
+    ]
+    logged = [e for e in entries if e.get("request_id") == "abc-123"]
+    assert len(logged) == 1
+    assert logged[0]["route"] == "/v1/predict"
+    assert logged[0]["status"] == 200
+    assert logged[0]["images"] == 1
+    assert logged[0]["latency_ms"] > 0
+
+
+def test_overload_is_refused_fast_with_retry_after(
+    start_server: Start, trained_repository: Path
+) -> None:
+    server = start_server(
+        trained_repository,
+        MNIST_MAX_QUEUE_IMAGES="40",
+        MNIST_MAX_BATCH_SIZE="32",
+        MNIST_MAX_BATCH_DELAY_MS="50",
+    )
+    body = {"instances": [[0] * 784] * 32}
+
+    def post(_: int) -> httpx.Response:
+        return httpx.post(server.url + "/v1/predict", json=body, timeout=30)
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        responses = list(pool.map(post, range(32)))
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) <= {200, 503}
+    assert statuses.count(200) >= 1
+    refused = [r for r in responses if r.status_code == 503]
+    assert refused, "no request was refused although the queue holds one request"
+    assert all(r.headers["retry-after"] == "1" for r in refused)
+    assert all(r.json()["code"] == "overloaded" for r in refused)
+    assert metric(scrape(server), "requests_rejected_total", reason="queue_full") == len(refused)
+
+
+def test_metrics_cover_every_worker(start_server: Start, trained_repository: Path) -> None:
+    server = start_server(trained_repository, MNIST_WORKERS="2")
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(
+            pool.map(
+                lambda _: httpx.post(
+                    server.url + "/v1/predict", json={"instances": [[0] * 784]}, timeout=30
+                ),
+                range(40),
+            )
+        )
+    for _ in range(4):  # whichever worker answers the scrape, it reports both
+        text = scrape(server)
+        assert metric(text, "http_requests_total", route="/v1/predict", status="200") == 40
+
+
+def test_openapi_documents_the_apis_with_examples(served_model: LiveServer) -> None:
+    spec = httpx.get(served_model.url + "/openapi.json").json()
+    for path in ("/v1/predict", "/v1/models/{name}:predict", "/v2/models/{name}/infer", "/readyz"):
+        assert path in spec["paths"]
+    predict = spec["paths"]["/v1/predict"]["post"]
+    schema = predict["requestBody"]["content"]["application/json"]["schema"]
+    assert schema["properties"]["instances"]["examples"]
+    assert {"200", "413", "415", "422", "503"} <= set(predict["responses"])

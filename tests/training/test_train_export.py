@@ -1,0 +1,69 @@
+"""End to end on a few hundred real digits: train, export versions 1 and 2, reload, compare."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.conftest import tiny_train_config
+from training import export
+from training.data import MnistSplits
+from training.train import run
+
+
+def test_two_runs_export_versions_that_tensorflow_reloads(
+    tmp_path: Path, mnist: MnistSplits
+) -> None:
+    config = tiny_train_config(tmp_path, limit=400, epochs=1, reports=True)
+    first = run(config, mnist)
+    second = run(config, mnist)
+    assert (first.version, second.version) == (1, 2)
+    model_dir = tmp_path / "mnist"
+    assert sorted(p.name for p in model_dir.iterdir()) == ["1", "2"]  # no staging left
+
+    version_dir = model_dir / "2"
+    metadata = json.loads((version_dir / "metadata.json").read_text())
+    assert metadata["version"] == 2
+    assert metadata["signature_name"] == "serving_default"
+    assert metadata["input"]["shape"] == [-1, 28, 28, 1]
+    assert set(metadata["per_class"]) == {str(d) for d in range(10)}
+    assert metadata["parameters"] == second.parameters
+    assert metadata["dataset_sha256"]["t10k-images-idx3-ubyte"].startswith("0fa7898d")
+    assert metadata["test_accuracy"] == pytest.approx(second.evaluation.accuracy, abs=1e-6)
+    for report in ("training_curves.png", "confusion_matrix.png", "samples.png"):
+        assert (version_dir / report).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    loaded = tf.saved_model.load(str(version_dir))
+    signature = loaded.signatures["serving_default"]
+    images = mnist.test_images[:50, ..., None].astype(np.float32)
+    served = signature(image=tf.constant(images))["probabilities"].numpy()
+    in_memory = np.asarray(second.model(images, training=False))
+    np.testing.assert_allclose(served, in_memory, atol=1e-5)
+    assert (served.argmax(1) == second.evaluation.predicted[:50]).all()
+
+
+def test_failed_export_leaves_no_version_and_no_staging(
+    tmp_path: Path, mnist: MnistSplits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def crash(*args: object) -> None:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(export, "publish", crash)
+    with pytest.raises(RuntimeError, match="disk full"):
+        run(tiny_train_config(tmp_path, limit=300, epochs=1), mnist)
+    assert list((tmp_path / "mnist").iterdir()) == []
+
+
+def test_publish_skips_a_version_taken_meanwhile(tmp_path: Path) -> None:
+    model_dir = tmp_path / "mnist"
+    with export.staging_directory(model_dir) as staging:
+        (staging / "metadata.json").write_text("{}")
+        (model_dir / "1").mkdir()
+        (model_dir / "1" / "saved_model.pb").write_text("someone else's")
+        version, path = export.publish(staging, model_dir)
+    assert version == 2
+    assert json.loads((path / "metadata.json").read_text())["version"] == 2

@@ -1,0 +1,135 @@
+"""Atomic export into a TensorFlow-Serving-style model repository: `<repo>/<name>/<version>/`.
+
+A version directory appears by a single `rename` of a fully written hidden staging directory in
+the same parent, so a server polling the repository never sees half a model, and a run that fails
+half-way leaves only a staging directory that it removes on the way out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from training.model import INPUT_SHAPE, NUM_CLASSES
+
+SIGNATURE_NAME = "serving_default"
+INPUT_NAME = "image"
+OUTPUT_NAME = "probabilities"
+METADATA_FILE = "metadata.json"
+
+INPUT_SPEC: dict[str, Any] = {
+    "name": INPUT_NAME,
+    "dtype": "float32",
+    "shape": [-1, *INPUT_SHAPE],
+    "value_range": [0, 255],
+    "layout": "NHWC, grayscale; 0 is background, 255 is ink (MNIST convention)",
+}
+OUTPUT_SPEC: dict[str, Any] = {
+    "name": OUTPUT_NAME,
+    "dtype": "float32",
+    "shape": [-1, NUM_CLASSES],
+    "meaning": "softmax probability of each digit 0-9",
+}
+
+
+def existing_versions(model_dir: Path) -> list[int]:
+    """Versions are directories named by positive integers; the rest (staging) is ignored."""
+    if not model_dir.is_dir():
+        return []
+    return sorted(
+        int(entry.name)
+        for entry in model_dir.iterdir()
+        if entry.is_dir() and entry.name.isdigit() and int(entry.name) > 0
+    )
+
+
+def save_serving_model(model: keras.Model, path: Path) -> None:
+    """Write a SavedModel whose only signature is `serving_default(image) -> {probabilities}`.
+
+    The signature is explicit (named input and output, dynamic batch) so TensorFlow Serving and
+    this project's server read the same contract from the file.
+    """
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+
+    def serve(image: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {OUTPUT_NAME: model(image, training=False)}
+
+    archive.add_endpoint(
+        name=SIGNATURE_NAME,
+        fn=serve,
+        input_signature=[tf.TensorSpec([None, *INPUT_SHAPE], tf.float32, name=INPUT_NAME)],
+    )
+    archive.write_out(str(path), verbose=False)
+
+
+@contextlib.contextmanager
+def staging_directory(model_dir: Path) -> Iterator[Path]:
+    """A hidden directory beside the versions, removed whatever happens inside the block."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
+    staging.chmod(
+        0o755
+    )  # mkdtemp's 0700 would hide the version from a server running as another user
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def publish(staging: Path, model_dir: Path) -> tuple[int, Path]:
+    """Rename `staging` to the next free version number; retry if a concurrent export took it."""
+    for _ in range(100):
+        version = max(existing_versions(model_dir), default=0) + 1
+        target = model_dir / str(version)
+        metadata_path = staging / METADATA_FILE
+        metadata = json.loads(metadata_path.read_text())
+        metadata["version"] = version
+        metadata_path.write_text(json.dumps(metadata, indent=2) + "\n")
+        try:
+            os.rename(staging, target)  # fails if another writer created `target` meanwhile
+        except OSError:
+            if target.exists():
+                continue
+            raise
+        _fsync_dir(model_dir)
+        return version, target
+    raise RuntimeError(f"could not find a free version number in {model_dir}")
+
+
+def export_version(
+    model: keras.Model,
+    model_dir: Path,
+    metadata: dict[str, Any],
+    write_extras: Callable[[Path], None] | None = None,
+) -> tuple[int, Path]:
+    """Write the SavedModel, `metadata.json` and any extras (reports), then publish atomically."""
+    with staging_directory(model_dir) as staging:
+        save_serving_model(model, staging)
+        if write_extras is not None:
+            write_extras(staging)
+        metadata = {
+            **metadata,
+            "signature_name": SIGNATURE_NAME,
+            "input": INPUT_SPEC,
+            "output": OUTPUT_SPEC,
+        }
+        (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+        return publish(staging, model_dir)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
