@@ -94,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_config=None,
         access_log=False,
         backlog=4096,
+        # After the drain grace period: how long accepted requests may take to finish.
+        timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
     )
     return 0
 

@@ -18,10 +18,13 @@ from service.errors import ServingError, error_response, handle_serving_error
 from service.health import router as health_router
 from service.metrics import Metrics
 from service.middleware import RequestContextMiddleware
+from service.protocols.admin import router as admin_router
 from service.protocols.native import router as native_router
 from service.protocols.tfserving import router as tfserving_router
+from service.protocols.v2 import health_router as v2_health_router
 from service.protocols.v2 import router as v2_router
 from service.settings import Settings
+from service.shutdown import GracefulShutdown
 
 log = logging.getLogger("service.app")
 
@@ -55,11 +58,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
     plane = DataPlane(settings, metrics)
+    shutdown = GracefulShutdown(settings.drain_grace_seconds, on_drain=plane.start_draining)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # The model loads in the background: the app starts answering /healthz at once.
         await plane.start()
+        shutdown.install()
         try:
             yield
         finally:
@@ -80,7 +85,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.dataplane = plane
     app.state.metrics = metrics
-    for router in (health_router, native_router, tfserving_router, v2_router):
+    routers = (health_router, v2_health_router, native_router, tfserving_router, v2_router)
+    for router in (*routers, admin_router):
         app.include_router(router)
 
     @app.get("/metrics", tags=["health"], summary="Prometheus metrics")
@@ -88,5 +94,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
-    app.add_middleware(RequestContextMiddleware, metrics=metrics, log_requests=settings.access_log)
+    app.add_middleware(
+        RequestContextMiddleware,
+        metrics=metrics,
+        log_requests=settings.access_log,
+        refusing=lambda: shutdown.refusing,
+    )
     return app

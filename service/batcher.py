@@ -31,7 +31,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from service.errors import DeadlineExceeded, InferenceFailed, ModelNotReady, Overloaded
+from service.errors import DeadlineExceeded, InferenceFailed, Overloaded, VersionUnloading
 
 log = logging.getLogger("service.batcher")
 
@@ -140,7 +140,9 @@ class DynamicBatcher:
         """Queue `images` (N, ...) and return the model's N outputs, or raise a `ServingError`."""
         if self._closing:
             self._observer.rejected("shutting_down")
-            raise ModelNotReady("the model is being unloaded", {"Retry-After": self._retry_after})
+            raise VersionUnloading(
+                "the model version is being unloaded", {"Retry-After": self._retry_after}
+            )
         count = len(images)
         if self._queued_images + count > self.max_queue_images:
             self._observer.rejected("queue_full")

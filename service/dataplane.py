@@ -1,22 +1,29 @@
-"""The protocol-independent core every API calls: which model is served, and `infer`.
+"""The protocol-independent core every API calls: which versions are served, and `infer`.
 
-It owns the model's lifetime: loading in the background (so `/healthz` answers while TensorFlow
-warms up), the batcher in front of the model, and draining on shutdown.
+It owns the models' lifetime. A watcher polls the repository: new versions are loaded, warmed and
+checked in a worker thread while the current ones keep answering, then published by swapping one
+dict (so a request sees either the old set or the new, never half). Requests already queued on a
+version's batcher finish there; a version that leaves is unloaded only after its batcher drained.
+A version that fails to load is recorded, counted and skipped; what was serving goes on serving.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from service.batcher import DynamicBatcher
-from service.errors import ModelNotFound, ModelNotReady
+from service.errors import InvalidInput, ModelNotFound, ModelNotReady, VersionUnloading
+from service.gate import check_correctness
 from service.metrics import BatcherMetrics, Metrics
 from service.repository import ModelRepository
 from service.runtime import (
@@ -41,6 +48,13 @@ class ModelState(enum.StrEnum):
     END = "END"
 
 
+@dataclass
+class VersionStatus:
+    version: int
+    state: ModelState
+    error: str = ""
+
+
 @dataclass(eq=False)
 class ServedVersion:
     model: LoadedModel
@@ -58,16 +72,30 @@ class Inference:
     version: int
 
 
+def _fingerprint(path: Path) -> tuple[tuple[str, int], ...]:
+    """Changes when files in a version directory are replaced, so a fixed version is retried."""
+    try:
+        return tuple(sorted((p.name, p.stat().st_mtime_ns) for p in path.iterdir()))
+    except OSError:
+        return ()
+
+
 class DataPlane:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
         self.repository = ModelRepository(settings.model_repository, settings.model_name)
-        self.state = ModelState.START
-        self.served: ServedVersion | None = None
-        self.load_errors: dict[int, str] = {}
-        self._loader: asyncio.Task[None] | None = None
-        self._prediction_counters: dict[tuple[int, int], object] = {}
+        self.served: dict[int, ServedVersion] = {}
+        self.status: dict[int, VersionStatus] = {}
+        self.labels: dict[str, int] = dict(settings.model_labels)
+        self.draining = False
+        """Set on SIGTERM: readiness turns 503 while requests are still answered."""
+        self._failed: dict[int, tuple[tuple[str, int], ...]] = {}
+        self._sync_lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._watcher: asyncio.Task[None] | None = None
+        self._prediction_counters: dict[tuple[int, int], Any] = {}
+        self._announced_missing = False
 
     @property
     def name(self) -> str:
@@ -75,46 +103,84 @@ class DataPlane:
 
     @property
     def ready(self) -> bool:
-        return self.state is ModelState.AVAILABLE and self.served is not None
+        return bool(self.served) and not self.draining
+
+    @property
+    def default_version(self) -> int | None:
+        return max(self.served) if self.served else None
 
     async def start(self) -> None:
-        self._loader = asyncio.create_task(self._load_when_available(), name="model-loader")
+        self._watcher = asyncio.create_task(self._watch(), name="model-watcher")
 
     async def stop(self) -> None:
-        """Answer everything already queued, then release the model."""
-        if self._loader is not None and not self._loader.done():
-            self._loader.cancel()
-            await asyncio.gather(self._loader, return_exceptions=True)
-        served, self.served = self.served, None
-        if served is not None:
-            self.state = ModelState.UNLOADING
-            await served.batcher.close()
-            self.metrics.model_info.labels(self.name, str(served.version)).set(0)
-        self.state = ModelState.END
+        """Answer everything already queued on every version, then release the models."""
+        if self._watcher is not None and not self._watcher.done():
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+        async with self._sync_lock:
+            leaving, self.served = self.served, {}
+            await asyncio.gather(*(self._unload(s) for s in leaving.values()))
 
-    def resolve(self, name: str, version: int | None = None) -> ServedVersion:
+    def resolve(
+        self, name: str, version: int | None = None, label: str | None = None
+    ) -> ServedVersion:
         if name != self.name:
             raise ModelNotFound(f"model '{name}' not found; this server serves '{self.name}'")
+        if label is not None:
+            if label not in self.labels:
+                raise ModelNotFound(f"model '{name}' has no label '{label}'")
+            version = self.labels[label]
         served = self.served
-        if served is None or not self.ready:
+        if not served:
             raise ModelNotReady(
-                f"model '{name}' is not ready yet (state {self.state.value})",
+                f"model '{name}' is not ready yet",
                 {"Retry-After": str(self.settings.retry_after_seconds)},
             )
-        if version is not None and version != served.version:
+        if version is None:
+            return served[max(served)]
+        found = served.get(version)
+        if found is None:
+            available = ", ".join(str(v) for v in sorted(served))
             raise ModelNotFound(
-                f"model '{name}' version {version} is not served; available: {served.version}"
+                f"model '{name}' version {version} is not served; available: {available}"
             )
-        return served
+        return found
 
     async def infer(
-        self, images: npt.NDArray[np.float32], name: str, version: int | None = None
+        self,
+        images: npt.NDArray[np.float32],
+        name: str,
+        version: int | None = None,
+        label: str | None = None,
     ) -> Inference:
-        served = self.resolve(name, version)
-        timeout = self.settings.request_timeout_ms / 1000
-        probabilities = await served.batcher.submit(images, timeout)
-        self._count_predictions(served.version, probabilities)
-        return Inference(probabilities, self.name, served.version)
+        deadline = self.settings.request_timeout_ms / 1000
+        for attempt in range(2):
+            served = self.resolve(name, version, label)
+            gauge = self.metrics.in_flight.labels(self.name, str(served.version))
+            gauge.inc()
+            try:
+                probabilities = await served.batcher.submit(images, deadline)
+            except VersionUnloading:
+                # Resolved just before a reload swapped this version out: try the new set once.
+                if attempt:
+                    raise
+                continue
+            finally:
+                gauge.dec()
+            self._count_predictions(served.version, probabilities)
+            return Inference(probabilities, self.name, served.version)
+        raise AssertionError("unreachable")
+
+    def set_label(self, label: str, version: int) -> None:
+        if version not in self.served:
+            raise InvalidInput(
+                f"version {version} is not served; a label can only point at a served version"
+            )
+        self.labels[label] = version
+
+    def remove_label(self, label: str) -> None:
+        if self.labels.pop(label, None) is None:
+            raise ModelNotFound(f"model '{self.name}' has no label '{label}'")
 
     def _count_predictions(self, version: int, probabilities: npt.NDArray[np.float32]) -> None:
         counts = np.bincount(probabilities.argmax(axis=1), minlength=10)
@@ -124,70 +190,132 @@ class DataPlane:
             if counter is None:
                 counter = self.metrics.predictions.labels(self.name, str(version), str(digit))
                 self._prediction_counters[key] = counter
-            counter.inc(int(counts[digit]))  # type: ignore[attr-defined]
+            counter.inc(int(counts[digit]))
 
-    async def _load_when_available(self) -> None:
-        """Poll the repository until a version loads; log once where we looked."""
-        settings = self.settings
-        announced_missing = False
+    def start_draining(self) -> None:
+        self.draining = True
+
+    async def reload(self) -> dict[str, Any]:
+        """Look at the repository now (the admin route); return what is served afterwards."""
+        await self.sync()
+        return self.describe()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model": self.name,
+            "served_versions": sorted(self.served),
+            "default_version": self.default_version,
+            "labels": dict(self.labels),
+            "versions": [
+                {"version": s.version, "state": s.state.value, "error": s.error}
+                for s in sorted(self.status.values(), key=lambda s: s.version)
+            ],
+        }
+
+    async def _watch(self) -> None:
         while True:
-            version = self._choose_version()
-            if version is None or version in self.load_errors:
-                if not announced_missing:
-                    wanted = (
-                        f"version {settings.model_version}"
-                        if settings.model_version
-                        else "a version"
-                    )
-                    log.warning(
-                        "no servable model yet: looking for %s of '%s' in %s; polling every %.1f s",
-                        wanted,
-                        self.name,
-                        self.repository.model_dir.resolve(),
-                        settings.model_poll_seconds,
-                    )
-                    announced_missing = True
-                await asyncio.sleep(settings.model_poll_seconds)
-                continue
-            self.state = ModelState.LOADING
             try:
-                model = await asyncio.to_thread(self._load, version)
-            except ModelLoadError as exc:
-                self.load_errors[version] = str(exc)
-                self.metrics.model_load_failures.labels(self.name).inc()
-                log.error("model version %d failed to load: %s", version, exc)
-                self.state = ModelState.START
-                continue
-            served = ServedVersion(model, self._make_batcher(model))
-            served.batcher.start()
-            self.served = served
-            self.state = ModelState.AVAILABLE
-            self.metrics.model_info.labels(self.name, str(version)).set(1)
-            log.info(
-                "serving model '%s' version %d from %s (loaded and warmed in %.2f s)",
+                await self.sync()
+            except Exception:  # the watcher must outlive any one bad poll
+                log.exception("model repository poll failed")
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.model_poll_seconds)
+
+    def _wanted(self, on_disk: list[int]) -> list[int]:
+        """The versions the policy asks for, skipping ones that failed and did not change."""
+        usable = [
+            v
+            for v in on_disk
+            if v in self.served or self._failed.get(v) != _fingerprint(self.repository.path(v))
+        ]
+        policy = self.settings.model_version_policy
+        if policy == "all":
+            return usable
+        if policy == "specific":
+            return [v for v in usable if v in self.settings.model_versions]
+        return usable[-self.settings.model_latest_count :]
+
+    async def sync(self) -> None:
+        async with self._sync_lock:
+            on_disk = self.repository.versions()
+            wanted = self._wanted(on_disk)
+            for version in sorted(set(wanted) - set(self.served), reverse=True):
+                loaded = await self._load(version)
+                if loaded is not None:
+                    self.served = {**self.served, version: loaded}
+                    self.metrics.model_info.labels(self.name, str(version)).set(1)
+            if not wanted and not on_disk:
+                self._announce_missing()
+            keep = set(wanted) & set(self.served)
+            if not keep:
+                # Nothing new could be loaded: what serves now goes on serving, unless deleted.
+                keep = set(self.served) & set(on_disk)
+            leaving = [s for v, s in self.served.items() if v not in keep]
+            if leaving:
+                self.served = {v: s for v, s in self.served.items() if v in keep}
+                for served in leaving:
+                    log.info("unloading model '%s' version %d", self.name, served.version)
+                await asyncio.gather(*(self._unload(s) for s in leaving))
+
+    def _announce_missing(self) -> None:
+        if not self._announced_missing:
+            log.warning(
+                "no servable model yet: looking for versions of '%s' in %s; polling every %.1f s",
                 self.name,
-                version,
-                served.model.path,
-                served.model.load_seconds,
+                self.repository.model_dir.resolve(),
+                self.settings.model_poll_seconds,
             )
-            return
+            self._announced_missing = True
 
-    def _choose_version(self) -> int | None:
-        versions = self.repository.versions()
-        pinned = self.settings.model_version
-        if pinned is not None:
-            return pinned if pinned in versions else None
-        return versions[-1] if versions else None
+    async def _load(self, version: int) -> ServedVersion | None:
+        path = self.repository.path(version)
+        self.status[version] = VersionStatus(version, ModelState.LOADING)
+        fingerprint = _fingerprint(path)
+        try:
+            model = await asyncio.to_thread(self._load_and_check, version, path)
+        except ModelLoadError as exc:
+            self._failed[version] = fingerprint
+            self.status[version] = VersionStatus(version, ModelState.END, str(exc))
+            self.metrics.model_load_failures.labels(self.name).inc()
+            self.metrics.reloads.labels("failure").inc()
+            log.error("model '%s' version %d refused: %s", self.name, version, exc)
+            return None
+        self._failed.pop(version, None)
+        self.status[version] = VersionStatus(version, ModelState.AVAILABLE)
+        self.metrics.reloads.labels("success").inc()
+        served = ServedVersion(model, self._make_batcher(model))
+        served.batcher.start()
+        log.info(
+            "serving model '%s' version %d from %s (loaded, warmed and checked in %.2f s)",
+            self.name,
+            version,
+            path,
+            model.load_seconds,
+        )
+        return served
 
-    def _load(self, version: int) -> LoadedModel:
-        """Runs in a worker thread: TensorFlow loading blocks for seconds."""
+    def _load_and_check(self, version: int, path: Path) -> LoadedModel:
+        """Runs in a worker thread: loading TensorFlow and a SavedModel blocks for seconds."""
         started = time.monotonic()
         configure_tensorflow(self.settings.tf_intra_op_threads, self.settings.tf_inter_op_threads)
-        model = load_model(self.name, version, self.repository.path(version))
+        model = load_model(self.name, version, path)
         warm_up(model, (1, 2, 4, 8, 16, 32, self.settings.max_batch_size))
+        if self.settings.correctness_gate:
+            check_correctness(model, self.settings.correctness_margin)
         model.load_seconds = time.monotonic() - started
         self.metrics.model_load_seconds.observe(model.load_seconds)
         return model
+
+    async def _unload(self, served: ServedVersion) -> None:
+        version = served.version
+        self.status[version] = VersionStatus(version, ModelState.UNLOADING)
+        await served.batcher.close()
+        self.status[version] = VersionStatus(version, ModelState.END)
+        self.metrics.model_info.labels(self.name, str(version)).set(0)
+        for label, target in list(self.labels.items()):
+            if target == version:
+                log.warning("label '%s' points at unloaded version %d", label, version)
 
     def _make_batcher(self, model: LoadedModel) -> DynamicBatcher:
         settings = self.settings

@@ -56,6 +56,16 @@ class UnsupportedMediaType(ServingError):
     code = "unsupported_media_type"
 
 
+class Unauthenticated(ServingError):
+    status = 401
+    code = "unauthenticated"
+
+
+class Forbidden(ServingError):
+    status = 403
+    code = "forbidden"
+
+
 class ModelNotFound(ServingError):
     status = 404
     code = "model_not_found"
@@ -64,6 +74,10 @@ class ModelNotFound(ServingError):
 class ModelNotReady(ServingError):
     status = 503
     code = "model_not_ready"
+
+
+class VersionUnloading(ModelNotReady):
+    """The version's batcher is closing (a reload or shutdown took it out of service)."""
 
 
 class Overloaded(ServingError):

@@ -21,10 +21,11 @@ async def healthz() -> Response:
     responses={503: {"description": "No model ready (loading, none found, or shutting down)"}},
 )
 async def readyz(plane: DataPlaneDep) -> Response:
-    if plane.ready and plane.served is not None:
+    if plane.ready:
         return json_response(
-            {"status": "ready", "model": plane.name, "version": str(plane.served.version)}
+            {"status": "ready", "model": plane.name, "version": str(plane.default_version)}
         )
+    reason = "draining" if plane.draining else "no model version loaded"
     return json_response(
-        {"status": "not_ready", "state": plane.state.value, "model": plane.name}, status_code=503
+        {"status": "not_ready", "reason": reason, "model": plane.name}, status_code=503
     )

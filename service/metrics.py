@@ -108,6 +108,19 @@ class Metrics:
             buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=r,
         )
+        self.in_flight = Gauge(
+            "inference_in_flight_requests",
+            "Requests waiting for or inside a model call.",
+            ["model", "version"],
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.reloads = Counter(
+            "model_reloads_total",
+            "Model version loads, by result (success, failure).",
+            ["result"],
+            registry=r,
+        )
         self.model_load_failures = Counter(
             "model_load_failures_total",
             "Model versions that could not be loaded.",

@@ -7,6 +7,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -16,15 +17,23 @@ from service.metrics import Metrics
 access_log = logging.getLogger("service.access")
 
 REQUEST_ID_HEADER = b"x-request-id"
+OPEN_WHILE_DRAINING = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live"})
 # Echo a client's id only when it is a plain token, so logs cannot be forged through it.
 _SAFE_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, metrics: Metrics, log_requests: bool = True) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: Metrics,
+        log_requests: bool = True,
+        refusing: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.log_requests = log_requests
+        self.refusing = refusing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -47,7 +56,10 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            if self.refusing() and scope["path"] not in OPEN_WHILE_DRAINING:
+                await _shutting_down(send_with_id)
+            else:
+                await self.app(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
             route = scope.get("route")
@@ -68,6 +80,23 @@ class RequestContextMiddleware:
                         "images": state.get("images"),
                     },
                 )
+
+
+async def _shutting_down(send: Send) -> None:
+    body = b'{"error":"server is shutting down; retry on another replica","code":"shutting_down"}'
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"retry-after", b"1"),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def _request_id(scope: Scope) -> str:

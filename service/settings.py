@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "MNIST_"
 
@@ -22,9 +22,21 @@ class Settings(BaseSettings):
     """Directory holding `<model_name>/<version>/` SavedModels, as `mnist-train` exports them."""
     model_name: str = "mnist"
     model_version: int | None = None
-    """Serve this version instead of the newest one."""
+    """Serve only this version (shorthand for the `specific` policy with one version)."""
+    model_version_policy: Literal["latest", "all", "specific"] = "latest"
+    """Which versions to serve, as TensorFlow Serving's version policy."""
+    model_latest_count: int = Field(1, ge=1)
+    """With the `latest` policy: serve the newest N versions."""
+    model_versions: Annotated[list[int], NoDecode] = []
+    """With the `specific` policy: these versions (comma-separated)."""
+    model_labels: Annotated[dict[str, int], NoDecode] = {}
+    """Version labels, `stable=1,canary=2`; also settable through the admin API."""
     model_poll_seconds: float = Field(2.0, gt=0)
-    """How often to look for a model while none is loaded yet."""
+    """How often to look at the repository for new, changed or removed versions."""
+    correctness_gate: bool = True
+    """Refuse a version whose answers on its shipped digits fall below its recorded accuracy."""
+    correctness_margin: float = Field(0.1, ge=0, le=1)
+    """How far below the recorded test accuracy the gate accuracy may fall."""
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
@@ -49,9 +61,59 @@ class Settings(BaseSettings):
     """Larger request bodies get 413."""
     retry_after_seconds: int = Field(1, ge=1)
 
+    api_keys: Annotated[list[str], NoDecode] = []
+    """Keys allowed to predict (comma-separated); empty means no authentication."""
+    admin_api_keys: Annotated[list[str], NoDecode] = []
+    """Keys allowed to predict and to use the admin routes."""
+
+    drain_grace_seconds: float = Field(5.0, ge=0)
+    """After SIGTERM: readiness is 503 at once, requests are still served this long (while the
+    load balancer stops sending), then new requests get 503 and the server stops."""
+    shutdown_timeout_seconds: float = Field(20.0, gt=0)
+    """After the grace period, how long accepted requests may take to finish."""
+
     tf_intra_op_threads: int = Field(0, ge=0)
     """TensorFlow threads inside one op; 0 lets TensorFlow use every core it may run on."""
     tf_inter_op_threads: int = Field(0, ge=0)
+
+    @field_validator("model_versions", mode="before")
+    @classmethod
+    def _split_versions(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [int(v) for v in value.replace(" ", "").split(",") if v]
+        if isinstance(value, int):
+            return [value]
+        return value
+
+    @field_validator("api_keys", "admin_api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @field_validator("model_labels", mode="before")
+    @classmethod
+    def _parse_labels(cls, value: object) -> object:
+        if isinstance(value, str):
+            labels: dict[str, int] = {}
+            for item in value.split(","):
+                if item.strip():
+                    label, sep, version = item.partition("=")
+                    if not sep:
+                        raise ValueError(f"label '{item}' must look like name=version")
+                    labels[label.strip()] = int(version)
+            return labels
+        return value
+
+    @model_validator(mode="after")
+    def _pinned_version_is_a_policy(self) -> Settings:
+        if self.model_version is not None:
+            self.model_version_policy = "specific"
+            self.model_versions = [self.model_version]
+        if self.model_version_policy == "specific" and not self.model_versions:
+            raise ValueError("the 'specific' version policy needs MNIST_MODEL_VERSIONS")
+        return self
 
     @field_validator("model_name")
     @classmethod

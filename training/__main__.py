@@ -46,6 +46,12 @@ def parse_args(argv: Sequence[str] | None) -> TrainConfig:
         default=defaults.augment,
         help="random rotation, zoom and shift of training images",
     )
+    fit.add_argument(
+        "--ema",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.ema,
+        help="export an exponential moving average of the weights",
+    )
     fit.add_argument("--quiet", action="store_true", help="one line per epoch, no progress bar")
 
     arch = parser.add_argument_group("model")
@@ -72,6 +78,7 @@ def parse_args(argv: Sequence[str] | None) -> TrainConfig:
         seed=args.seed,
         validation_split=args.validation_split,
         augment=args.augment,
+        ema=args.ema,
         limit=args.limit,
         reports=not args.no_reports,
         verbose=2 if args.quiet or not sys.stdout.isatty() else 1,

@@ -33,6 +33,8 @@ class TrainConfig:
     seed: int = 42
     validation_split: float = 0.05
     augment: bool = True
+    ema: bool = True
+    """Export an exponential moving average of the weights (smoother than the last step)."""
     limit: int | None = None
     """Train on the first `limit` training images only (quick runs, tests)."""
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -88,7 +88,7 @@ def compile_model(model: keras.Model, config: TrainConfig, steps: int) -> None:
         alpha=0.01,
     )
     model.compile(
-        optimizer=keras.optimizers.Adam(schedule),
+        optimizer=keras.optimizers.Adam(schedule, use_ema=config.ema, ema_momentum=0.99),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )

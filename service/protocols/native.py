@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends, Query
 from starlette.requests import Request
 from starlette.responses import Response
 
+from service.auth import require_api_key
 from service.dataplane import Inference
 from service.decoding import images_from_nested
 from service.errors import InvalidInput
 from service.protocols.body import DataPlaneDep, SettingsDep, json_response, read_json
 from service.schemas import ERROR_RESPONSES, PredictRequest, PredictResponse, request_body_doc
 
-router = APIRouter(tags=["native"])
+router = APIRouter(tags=["native"], dependencies=[Depends(require_api_key)])
 
 
 @router.post(
@@ -24,8 +25,20 @@ router = APIRouter(tags=["native"])
     responses=ERROR_RESPONSES,
     openapi_extra=request_body_doc(PredictRequest),
 )
-async def predict(request: Request, plane: DataPlaneDep, settings: SettingsDep) -> Response:
+async def predict(
+    request: Request,
+    plane: DataPlaneDep,
+    settings: SettingsDep,
+    version: Annotated[
+        int | None, Query(ge=1, description="Answer with this version (default: newest)")
+    ] = None,
+    label: Annotated[
+        str | None, Query(description="Answer with the version this label points at")
+    ] = None,
+) -> Response:
     """Each image is 28x28 (or 784 flat) numbers, 0 background to 255 ink."""
+    if version is not None and label is not None:
+        raise InvalidInput("give either 'version' or 'label', not both")
     payload, check_booleans = await read_json(request, settings)
     if not isinstance(payload, dict) or "instances" not in payload:
         raise InvalidInput('body must be a JSON object with an "instances" list of images')
@@ -36,7 +49,7 @@ async def predict(request: Request, plane: DataPlaneDep, settings: SettingsDep) 
         check_booleans=check_booleans,
     )
     request.state.images = len(images)
-    return json_response(native_body(await plane.infer(images, plane.name)))
+    return json_response(native_body(await plane.infer(images, plane.name, version, label)))
 
 
 def native_body(result: Inference) -> dict[str, Any]:

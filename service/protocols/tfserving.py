@@ -9,18 +9,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service.dataplane import DataPlane, ModelState
+from service.auth import require_api_key
+from service.dataplane import DataPlane
 from service.decoding import images_from_nested
 from service.errors import InvalidInput, ModelNotFound
 from service.protocols.body import DataPlaneDep, SettingsDep, json_response, read_json
 from service.runtime import INPUT_NAME, OUTPUT_NAME, SIGNATURE_NAME
 from service.schemas import ERROR_RESPONSES
 
-router = APIRouter(tags=["tensorflow-serving"])
+router = APIRouter(tags=["tensorflow-serving"], dependencies=[Depends(require_api_key)])
 
 
 def parse_version(version: str) -> int:
@@ -68,13 +69,18 @@ def _named_input(row: Any, field: str) -> Any:
 
 
 async def _predict(
-    request: Request, plane: DataPlane, settings: Any, name: str, version: int | None
+    request: Request,
+    plane: DataPlane,
+    settings: Any,
+    name: str,
+    version: int | None,
+    label: str | None = None,
 ) -> Response:
     payload, check_booleans = await read_json(request, settings, lenient=True)
-    plane.resolve(name, version)  # 404 for an unknown model before decoding the body
+    plane.resolve(name, version, label)  # 404 for an unknown model before decoding the body
     images, columnar = images_from_tfs_payload(payload, settings.max_request_images, check_booleans)
     request.state.images = len(images)
-    result = await plane.infer(images, name, version)
+    result = await plane.infer(images, name, version, label)
     key = "outputs" if columnar else "predictions"
     return json_response({key: result.probabilities})
 
@@ -99,23 +105,37 @@ async def predict_version(
     return await _predict(request, plane, settings, name, parse_version(version))
 
 
+@router.post(
+    "/v1/models/{name}/labels/{label}:predict",
+    summary="Predict with the version a label points at (TF Serving REST)",
+    responses=ERROR_RESPONSES,
+)
+async def predict_label(
+    request: Request, name: str, label: str, plane: DataPlaneDep, settings: SettingsDep
+) -> Response:
+    return await _predict(request, plane, settings, name, None, label)
+
+
 def _status(plane: DataPlane, name: str, version: int | None) -> Response:
     if name != plane.name:
         raise ModelNotFound(f"Servable not found for request: Latest({name})")
-    served = plane.served
-    if version is not None and (served is None or served.version != version):
-        raise ModelNotFound(f"Servable not found for request: Specific({name}, {version})")
-    shown = served.version if served is not None else (version or 0)
-    state = plane.state.value if plane.state is not ModelState.START else "START"
-    error = plane.load_errors.get(shown, "")
+    known = sorted(plane.status.values(), key=lambda s: s.version, reverse=True)
+    if version is not None:
+        known = [s for s in known if s.version == version]
+        if not known:
+            raise ModelNotFound(f"Servable not found for request: Specific({name}, {version})")
     return json_response(
         {
             "model_version_status": [
                 {
-                    "version": str(shown),
-                    "state": state,
-                    "status": {"error_code": "UNKNOWN" if error else "OK", "error_message": error},
+                    "version": str(s.version),
+                    "state": s.state.value,
+                    "status": {
+                        "error_code": "UNKNOWN" if s.error else "OK",
+                        "error_message": s.error,
+                    },
                 }
+                for s in known
             ]
         }
     )
@@ -148,8 +168,10 @@ def _tensor_info(name: str, dims: list[int], tensor: str) -> dict[str, Any]:
     }
 
 
-def _metadata(plane: DataPlane, name: str, version: int | None) -> Response:
-    served = plane.resolve(name, version)
+def _metadata(
+    plane: DataPlane, name: str, version: int | None, label: str | None = None
+) -> Response:
+    served = plane.resolve(name, version, label)
     signature = {
         "inputs": {
             INPUT_NAME: _tensor_info(

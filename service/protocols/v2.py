@@ -14,11 +14,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import orjson
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from starlette.requests import Request
 from starlette.responses import Response
 
 from service import __version__
+from service.auth import require_api_key
 from service.dataplane import DataPlane
 from service.decoding import (
     IMAGE_SIDE,
@@ -34,7 +35,9 @@ from service.runtime import INPUT_NAME, OUTPUT_NAME
 from service.schemas import ERROR_RESPONSES
 from service.settings import Settings
 
-router = APIRouter(tags=["kserve-v2"])
+# Health and server metadata stay open for probes; model routes need a key when keys are set.
+health_router = APIRouter(tags=["kserve-v2"])
+router = APIRouter(tags=["kserve-v2"], dependencies=[Depends(require_api_key)])
 
 BINARY_HEADER = "inference-header-content-length"
 DIGIT_OUTPUT = "digit"
@@ -56,19 +59,19 @@ DATATYPES: dict[str, np.dtype[Any]] = {
 ACCEPTED_SHAPES = "[N, 28, 28, 1], [N, 28, 28] or [N, 784]"
 
 
-@router.get("/v2", summary="Server metadata (V2)")
+@health_router.get("/v2", summary="Server metadata (V2)")
 async def server_metadata() -> Response:
     return json_response(
         {"name": "mnist-serving", "version": __version__, "extensions": ["binary_tensor_data"]}
     )
 
 
-@router.get("/v2/health/live", summary="Server live (V2)")
+@health_router.get("/v2/health/live", summary="Server live (V2)")
 async def live() -> Response:
     return json_response({"live": True})
 
 
-@router.get("/v2/health/ready", summary="Server ready (V2)")
+@health_router.get("/v2/health/ready", summary="Server ready (V2)")
 async def ready(plane: DataPlaneDep) -> Response:
     return json_response({"ready": plane.ready}, status_code=200 if plane.ready else 503)
 
@@ -85,17 +88,16 @@ def _check_model(plane: DataPlane, name: str, version: str | None) -> int | None
 
 def _model_ready(plane: DataPlane, name: str, version: str | None) -> Response:
     wanted = _check_model(plane, name, version)
-    served = plane.served
-    is_ready = plane.ready and served is not None and wanted in (None, served.version)
+    is_ready = plane.ready and (wanted is None or wanted in plane.served)
     return json_response({"name": name, "ready": is_ready}, status_code=200 if is_ready else 503)
 
 
 def _model_metadata(plane: DataPlane, name: str, version: str | None) -> Response:
-    served = plane.resolve(name, _check_model(plane, name, version))
+    plane.resolve(name, _check_model(plane, name, version))
     return json_response(
         {
             "name": name,
-            "versions": [str(served.version)],
+            "versions": [str(v) for v in sorted(plane.served)],
             "platform": "tensorflow_savedmodel",
             "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, 28, 28, 1]}],
             "outputs": [

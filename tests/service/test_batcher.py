@@ -12,7 +12,7 @@ import numpy.typing as npt
 import pytest
 
 from service.batcher import DynamicBatcher
-from service.errors import DeadlineExceeded, InferenceFailed, ModelNotReady, Overloaded
+from service.errors import DeadlineExceeded, InferenceFailed, Overloaded, VersionUnloading
 
 Array = npt.NDArray[np.float32]
 
@@ -203,7 +203,7 @@ def test_close_answers_everything_queued_then_refuses() -> None:
         await asyncio.sleep(0)
         await batcher.close()
         assert [p.result()[0, 0] for p in pending] == [2.0 * i for i in range(7)]
-        with pytest.raises(ModelNotReady):
+        with pytest.raises(VersionUnloading):
             await batcher.submit(images(1), 5)
 
     run(scenario())

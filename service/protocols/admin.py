@@ -1,0 +1,55 @@
+"""Admin routes: reload the repository now, inspect versions, move labels. Admin key required."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends
+from starlette.responses import Response
+
+from service.auth import require_admin_key
+from service.errors import ModelNotFound
+from service.protocols.body import DataPlaneDep, json_response
+from service.schemas import ERROR_RESPONSES
+
+router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require_admin_key)])
+
+
+def _check_name(name: str, served_name: str) -> None:
+    if name != served_name:
+        raise ModelNotFound(f"model '{name}' not found; this server serves '{served_name}'")
+
+
+@router.post("/reload", summary="Look at the model repository now", responses=ERROR_RESPONSES)
+async def reload(plane: DataPlaneDep) -> Response:
+    """Load new versions, unload removed ones (once their requests finished), as the poller does."""
+    return json_response(await plane.reload())
+
+
+@router.get("/models/{name}", summary="Versions, their state and labels", responses=ERROR_RESPONSES)
+async def describe(name: str, plane: DataPlaneDep) -> Response:
+    _check_name(name, plane.name)
+    return json_response(plane.describe())
+
+
+@router.put(
+    "/models/{name}/labels/{label}",
+    summary="Point a label (stable, canary, ...) at a served version",
+    responses=ERROR_RESPONSES,
+)
+async def set_label(
+    name: str,
+    label: str,
+    plane: DataPlaneDep,
+    version: Annotated[int, Body(embed=True, ge=1, examples=[2])],
+) -> Response:
+    _check_name(name, plane.name)
+    plane.set_label(label, version)
+    return json_response(plane.describe())
+
+
+@router.delete("/models/{name}/labels/{label}", summary="Remove a label", responses=ERROR_RESPONSES)
+async def remove_label(name: str, label: str, plane: DataPlaneDep) -> Response:
+    _check_name(name, plane.name)
+    plane.remove_label(label)
+    return json_response(plane.describe())

@@ -1,0 +1,62 @@
+"""Graceful shutdown in the order Kubernetes needs it.
+
+On SIGTERM the pod is being removed from the Service's endpoints, but load balancers learn that
+a few seconds late. So: readiness turns 503 at once; requests keep being served for
+`drain_grace_seconds`; then new requests get 503 and uvicorn's own shutdown starts, which stops
+accepting connections, lets accepted requests finish (up to `shutdown_timeout_seconds`) and runs
+the lifespan shutdown, where every batcher answers what it queued. A second signal skips the wait.
+
+uvicorn installs its SIGTERM/SIGINT handlers with `signal.signal` before the app starts, so the
+lifespan can wrap them; each worker process does this for itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+log = logging.getLogger("service.shutdown")
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+Handler = Callable[[int, FrameType | None], Any]
+
+
+class GracefulShutdown:
+    def __init__(self, grace_seconds: float, on_drain: Callable[[], None]) -> None:
+        self.grace_seconds = grace_seconds
+        self._on_drain = on_drain
+        self.refusing = False
+        """True once the grace period is over: new requests get 503."""
+        self._signalled = False
+        self._originals: dict[int, Handler] = {}
+
+    def install(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in SIGNALS:
+            original = signal.getsignal(sig)
+            if callable(original):
+                self._originals[sig] = original
+                signal.signal(sig, lambda s, f: self._handle(loop, s, f))
+
+    def _handle(self, loop: asyncio.AbstractEventLoop, sig: int, frame: FrameType | None) -> None:
+        original = self._originals[sig]
+        if self._signalled:  # a second signal: stop waiting
+            original(sig, frame)
+            return
+        self._signalled = True
+        self._on_drain()
+        log.info(
+            "received %s: readiness is now 503; serving for %.1f s more, then shutting down",
+            signal.Signals(sig).name,
+            self.grace_seconds,
+        )
+        loop.call_soon_threadsafe(loop.call_later, self.grace_seconds, self._finish, original, sig)
+
+    def _finish(self, original: Handler, sig: int) -> None:
+        self.refusing = True
+        log.info("grace period over: refusing new requests, finishing accepted ones")
+        original(sig, None)
