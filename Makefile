@@ -8,7 +8,10 @@ MODEL_NAME ?= mnist
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run serve train test lint install clean bench
+DEPLOY_VENV ?= .venv-deploy
+DEPLOY_STAMP := $(DEPLOY_VENV)/.installed
+
+.PHONY: run serve train test lint install clean deploy-check container-smoke
 
 install: $(STAMP)
 
@@ -40,5 +43,23 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/pytest
 
+$(DEPLOY_STAMP): deploy/requirements.txt
+	$(PYTHON) -m venv $(DEPLOY_VENV)
+	$(DEPLOY_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(DEPLOY_VENV)/bin/python -m pip install --quiet -r deploy/requirements.txt
+	touch $(DEPLOY_STAMP)
+
+# Static checks of the deployment files: Dockerfile, compose, Kubernetes manifests, policy scan.
+deploy-check: $(DEPLOY_STAMP)
+	$(DEPLOY_VENV)/bin/hadolint Dockerfile
+	$(DEPLOY_VENV)/bin/python deploy/validate_compose.py docker-compose.yml
+	$(DEPLOY_VENV)/bin/kubernetes-validate --strict $(filter-out k8s/kustomization.yaml,$(wildcard k8s/*.yaml))
+	$(DEPLOY_VENV)/bin/checkov --config-file .checkov.yaml -d k8s --framework kubernetes
+	$(DEPLOY_VENV)/bin/checkov --config-file .checkov.yaml -f Dockerfile --framework dockerfile
+
+# Builds the image with podman and runs training and serving from it (slow: minutes).
+container-smoke:
+	deploy/container_smoke.sh
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(DEPLOY_VENV) .pytest_cache .mypy_cache .ruff_cache

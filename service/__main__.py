@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from service.logs import configure_logging
 from service.metrics import MULTIPROC_ENV
-from service.settings import ENV_PREFIX, Settings
+from service.settings import ENV_PREFIX, load_settings
 
 # Flag name -> Settings field, for the flags that are plain settings.
 FLAGS: dict[str, str] = {
@@ -35,7 +35,7 @@ def app_factory() -> FastAPI:
     """What each uvicorn worker process calls: settings come from the environment the CLI set."""
     from service.app import create_app
 
-    settings = Settings()
+    settings = load_settings()
     configure_logging(settings.log_level)
     return create_app(settings)
 
@@ -68,7 +68,7 @@ def parse_args(argv: Sequence[str] | None) -> dict[str, str]:
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.update(parse_args(argv))
     try:
-        settings = Settings()
+        settings = load_settings()
     except ValidationError as exc:
         for error in exc.errors():
             field = ENV_PREFIX + str(error["loc"][0]).upper()

@@ -9,6 +9,8 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "MNIST_"
+# Where Kubernetes mounts the API-key Secret: one file per setting (`mnist_api_keys`, ...).
+SECRETS_DIR = Path("/run/secrets/mnist-serving")
 
 
 class Settings(BaseSettings):
@@ -121,3 +123,8 @@ class Settings(BaseSettings):
         if not value or "/" in value or value.startswith("."):
             raise ValueError("model_name must be a plain directory name")
         return value
+
+
+def load_settings() -> Settings:
+    """Environment variables, then `.env`, then secret files (lowest priority)."""
+    return Settings(_secrets_dir=SECRETS_DIR if SECRETS_DIR.is_dir() else None)

@@ -10,9 +10,10 @@ from pathlib import Path
 
 from training.config import ModelConfig, TrainConfig
 from training.data import MnistDataError, ProgressSink, load_mnist
+from training.export import existing_versions
 
 
-def parse_args(argv: Sequence[str] | None) -> TrainConfig:
+def parse_args(argv: Sequence[str] | None) -> tuple[TrainConfig, bool]:
     defaults, model_defaults = TrainConfig(), ModelConfig()
     parser = argparse.ArgumentParser(
         prog="mnist-train",
@@ -34,6 +35,12 @@ def parse_args(argv: Sequence[str] | None) -> TrainConfig:
     )
     data.add_argument("--validation-split", type=float, default=defaults.validation_split)
     data.add_argument("--no-reports", action="store_true", help="skip the PNG reports")
+    data.add_argument(
+        "--if-no-model",
+        action="store_true",
+        help="do nothing when the repository already holds a version of the model "
+        "(for init containers and one-shot jobs)",
+    )
 
     fit = parser.add_argument_group("training")
     fit.add_argument("--epochs", type=int, default=defaults.epochs)
@@ -68,7 +75,7 @@ def parse_args(argv: Sequence[str] | None) -> TrainConfig:
         parser.error("--limit must be a positive number of images")
     if args.epochs < 1:
         parser.error("--epochs must be at least 1")
-    return TrainConfig(
+    config = TrainConfig(
         data_dir=args.data_dir,
         model_repository=args.model_repository,
         model_name=args.model_name,
@@ -91,6 +98,7 @@ def parse_args(argv: Sequence[str] | None) -> TrainConfig:
             batch_norm=args.batch_norm,
         ),
     )
+    return config, args.if_no_model
 
 
 class _TqdmSink(ProgressSink):
@@ -107,7 +115,11 @@ class _TqdmSink(ProgressSink):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    config = parse_args(argv)
+    config, if_no_model = parse_args(argv)
+    model_dir = Path(config.model_repository) / config.model_name
+    if if_no_model and existing_versions(model_dir):
+        print(f"{model_dir} already holds versions {existing_versions(model_dir)}; not training")
+        return 0
     try:
         splits = load_mnist(config.data_dir, progress=_TqdmSink)
     except MnistDataError as exc:

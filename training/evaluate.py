@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from training.model import NUM_CLASSES
+from training.export import NUM_CLASSES
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,13 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
-import tensorflow as tf
+if TYPE_CHECKING:  # TensorFlow loads only when a model is written: the CLI's checks stay fast
+    import keras
 
-from training.model import INPUT_SHAPE, NUM_CLASSES
+INPUT_SHAPE = (28, 28, 1)
+NUM_CLASSES = 10
 
 SIGNATURE_NAME = "serving_default"
 INPUT_NAME = "image"
@@ -58,10 +59,13 @@ def save_serving_model(model: keras.Model, path: Path) -> None:
     The signature is explicit (named input and output, dynamic batch) so TensorFlow Serving and
     this project's server read the same contract from the file.
     """
+    import keras
+    import tensorflow as tf
+
     archive = keras.export.ExportArchive()
     archive.track(model)
 
-    def serve(image: tf.Tensor) -> dict[str, tf.Tensor]:
+    def serve(image: Any) -> dict[str, Any]:
         return {OUTPUT_NAME: model(image, training=False)}
 
     archive.add_endpoint(

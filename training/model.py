@@ -5,9 +5,7 @@ from __future__ import annotations
 import keras
 
 from training.config import ModelConfig
-
-INPUT_SHAPE = (28, 28, 1)
-NUM_CLASSES = 10
+from training.export import INPUT_SHAPE, NUM_CLASSES
 
 
 def build_model(config: ModelConfig) -> keras.Model:
