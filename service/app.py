@@ -21,10 +21,12 @@ from service.middleware import RequestContextMiddleware
 from service.protocols.admin import router as admin_router
 from service.protocols.native import router as native_router
 from service.protocols.tfserving import router as tfserving_router
+from service.protocols.upload import router as upload_router
 from service.protocols.v2 import health_router as v2_health_router
 from service.protocols.v2 import router as v2_router
 from service.settings import Settings
 from service.shutdown import GracefulShutdown
+from service.web import router as web_router
 
 log = logging.getLogger("service.app")
 
@@ -85,8 +87,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.dataplane = plane
     app.state.metrics = metrics
-    routers = (health_router, v2_health_router, native_router, tfserving_router, v2_router)
-    for router in (*routers, admin_router):
+    routers = (health_router, v2_health_router, native_router, upload_router, tfserving_router)
+    for router in (*routers, v2_router, admin_router, web_router):
         app.include_router(router)
 
     @app.get("/metrics", tags=["health"], summary="Prometheus metrics")

@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     """Larger request bodies get 413."""
     retry_after_seconds: int = Field(1, ge=1)
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    """Largest image upload (one raw image, or a whole multipart body); larger gets 413."""
+    max_image_pixels: int = Field(40_000_000, ge=784)
+    """Largest declared width x height, checked before decoding (decompression bombs): 413."""
+    max_upload_images: int = Field(64, ge=1)
+    """Most images in one multipart upload."""
 
     api_keys: Annotated[list[str], NoDecode] = []
     """Keys allowed to predict (comma-separated); empty means no authentication."""

@@ -1,0 +1,124 @@
+"""`POST /v1/predict/image`: classify uploaded pictures of digits (photos, scans, canvas drawings).
+
+One image as the raw body with its image content type, or several as multipart/form-data. Each is
+preprocessed the way MNIST was made (`service.images`), off the event loop, then answered like
+`/v1/predict`, optionally with the 28x28 input the model saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from fastapi import APIRouter, Depends, Query
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service.auth import require_api_key
+from service.errors import InvalidInput, MalformedRequest, PayloadTooLarge, UnsupportedMediaType
+from service.images import PreparedImage, decode_upload, preprocess
+from service.protocols.body import DataPlaneDep, SettingsDep, json_response, read_body
+from service.protocols.native import native_body
+from service.schemas import ERROR_RESPONSES
+from service.settings import Settings
+
+router = APIRouter(tags=["native"], dependencies=[Depends(require_api_key)])
+
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/bmp", "image/gif", "image/webp", "image/tiff")
+UPLOAD_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "One or more images (any field name works).",
+                        }
+                    },
+                }
+            },
+            **{media: {"schema": {"type": "string", "format": "binary"}} for media in IMAGE_TYPES},
+        },
+    }
+}
+
+
+async def read_uploads(request: Request, settings: Settings) -> list[tuple[str, bytes]]:
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media == "multipart/form-data":
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes:
+            raise PayloadTooLarge(
+                f"upload of {declared} bytes exceeds the {settings.max_upload_bytes} byte limit"
+            )
+        try:
+            form = await request.form(
+                max_files=settings.max_upload_images,
+                max_fields=16,
+                max_part_size=settings.max_upload_bytes,
+            )
+        except Exception as exc:  # Starlette raises its own errors for broken multipart bodies
+            status = getattr(exc, "status_code", 400)
+            if status == 413:
+                raise PayloadTooLarge(str(getattr(exc, "detail", exc))) from None
+            raise MalformedRequest(f"cannot read the multipart body: {exc}") from None
+        files = [
+            (value.filename or key, await value.read())
+            for key, value in form.multi_items()
+            if isinstance(value, UploadFile)
+        ]
+        await form.close()
+        if not files:
+            raise InvalidInput("the multipart body holds no file; attach images as file fields")
+        return files
+    if media.startswith("image/"):
+        return [("image", await read_body(request, settings.max_upload_bytes))]
+    raise UnsupportedMediaType(
+        f"unsupported Content-Type '{media or 'none'}'; send an image (image/png, image/jpeg, "
+        "...) as the body, or images as multipart/form-data"
+    )
+
+
+def prepare_all(uploads: list[tuple[str, bytes]], max_pixels: int) -> list[PreparedImage]:
+    """Runs in a worker thread: decoding and filtering a photo takes milliseconds of CPU."""
+    return [preprocess(decode_upload(data, max_pixels, name), name) for name, data in uploads]
+
+
+@router.post(
+    "/v1/predict/image",
+    summary="Classify uploaded images of digits",
+    responses=ERROR_RESPONSES,
+    openapi_extra=UPLOAD_DOC,
+)
+async def predict_image(
+    request: Request,
+    plane: DataPlaneDep,
+    settings: SettingsDep,
+    return_input: Annotated[
+        Literal["none", "png", "pixels"],
+        Query(description="Also return the 28x28 image the model saw, as a PNG data URL or pixels"),
+    ] = "none",
+) -> Response:
+    """PNG, JPEG, BMP, GIF (first frame), WebP or TIFF; any size, colour mode and background."""
+    uploads = await read_uploads(request, settings)
+    if len(uploads) > settings.max_upload_images:
+        raise InvalidInput(f"{len(uploads)} images; at most {settings.max_upload_images} at once")
+    prepared = await asyncio.to_thread(prepare_all, uploads, settings.max_image_pixels)
+    images = np.stack([p.pixels for p in prepared])[..., None].astype(np.float32)
+    request.state.images = len(images)
+    body = native_body(await plane.infer(images, plane.name))
+    if return_input != "none":
+        for prediction, image in zip(body["predictions"], prepared, strict=True):
+            if return_input == "png":
+                encoded = base64.b64encode(image.png_bytes()).decode()
+                prediction["input"] = f"data:image/png;base64,{encoded}"
+            else:
+                prediction["input"] = image.pixels.tolist()
+    return json_response(body)

@@ -1,0 +1,115 @@
+"""MNIST-style preprocessing of uploads, on images drawn and rendered here."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from service.errors import InvalidInput
+from service.images import decode_upload, preprocess
+from training.data import MnistSplits
+
+
+def prepared(image: Image.Image) -> np.ndarray:
+    return preprocess(image).pixels.astype(np.float32)
+
+
+def centre_of_mass(pixels: np.ndarray) -> tuple[float, float]:
+    ys, xs = np.indices(pixels.shape)
+    total = pixels.sum()
+    return float((ys * pixels).sum() / total), float((xs * pixels).sum() / total)
+
+
+def ink_box(pixels: np.ndarray) -> tuple[int, int]:
+    rows, cols = np.flatnonzero(pixels.max(1) > 0), np.flatnonzero(pixels.max(0) > 0)
+    return rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+
+
+def seven(
+    size: int = 200, ink: str = "black", paper: str = "white", mode: str = "RGB"
+) -> Image.Image:
+    image = Image.new(mode, (size, size), paper)
+    draw = ImageDraw.Draw(image)
+    s = size / 200
+    draw.line([(60 * s, 50 * s), (140 * s, 50 * s), (90 * s, 160 * s)], fill=ink, width=int(12 * s))
+    return image
+
+
+def best_shift_correlation(a: np.ndarray, b: np.ndarray, reach: int = 2) -> float:
+    best = -1.0
+    for dy in range(-reach, reach + 1):
+        for dx in range(-reach, reach + 1):
+            shifted = np.roll(np.roll(a, dy, 0), dx, 1)
+            best = max(best, float(np.corrcoef(shifted.ravel(), b.ravel())[0, 1]))
+    return best
+
+
+def test_dark_on_light_and_light_on_dark_give_the_same_input() -> None:
+    normal = prepared(seven(ink="black", paper="white"))
+    inverted = prepared(seven(ink="white", paper="black"))
+    assert normal.max() == 255
+    assert best_shift_correlation(normal, inverted, 0) > 0.99
+
+
+def test_transparent_background_is_paper() -> None:
+    transparent = seven(mode="RGBA", ink=(0, 0, 0, 255), paper=(0, 0, 0, 0))
+    assert best_shift_correlation(prepared(transparent), prepared(seven()), 0) > 0.99
+
+
+def test_off_centre_and_tiny_digits_are_scaled_to_20_and_centred() -> None:
+    canvas = Image.new("L", (900, 600), 255)
+    canvas.paste(seven(size=40, mode="L"), (820, 530))
+    pixels = prepared(canvas)
+    assert max(ink_box(pixels)) in (19, 20, 21)
+    y, x = centre_of_mass(pixels)
+    assert abs(y - 13.5) < 1
+    assert abs(x - 13.5) < 1
+
+
+@pytest.mark.parametrize(("width", "height"), [(8, 120), (120, 30)], ids=["tall", "wide"])
+def test_aspect_ratio_is_kept(width: int, height: int) -> None:
+    canvas = Image.new("L", (300, 300), 255)
+    ImageDraw.Draw(canvas).rectangle([(100, 100), (100 + width, 100 + height)], fill=0)
+    rows, cols = ink_box(prepared(canvas))
+    longer, shorter = max(rows, cols), min(rows, cols)
+    assert longer in (20, 21)
+    assert shorter == pytest.approx(20 * min(width, height) / max(width, height), abs=2.5)
+    assert (rows > cols) == (height > width)
+
+
+@pytest.mark.parametrize("paper", [255, 0, 180], ids=["white", "black", "grey"])
+def test_blank_image_is_refused_with_a_clear_message(paper: int) -> None:
+    with pytest.raises(InvalidInput, match="no digit"):
+        preprocess(Image.new("L", (64, 64), paper))
+
+
+def test_photo_with_uneven_light_texture_and_jpeg_noise_still_finds_the_digit() -> None:
+    rng = np.random.default_rng(3)
+    clean = np.asarray(seven(size=300, mode="L"), dtype=np.float32)
+    xs = np.indices(clean.shape)[1]
+    light = 150 + 90 * xs / xs.max()  # lamp on the right: paper from 150 to 240
+    photo = clean / 255 * light + rng.normal(0, 8, clean.shape)
+    photo = np.clip(photo * (clean > 0) + (clean == 0) * 40 + rng.normal(0, 4, clean.shape), 0, 255)
+    buffer = io.BytesIO()
+    Image.fromarray(photo.astype(np.uint8)).convert("RGB").save(buffer, "JPEG", quality=60)
+    noisy = prepared(decode_upload(buffer.getvalue(), 10**8))
+    assert best_shift_correlation(noisy, prepared(seven(size=300)), 1) > 0.9
+
+
+def test_rendered_mnist_digits_come_back_close_to_the_originals(mnist: MnistSplits) -> None:
+    """Dark ink on white, upscaled and off-centre, as a user would upload a test digit."""
+    rng = np.random.default_rng(0)
+    scores = []
+    for original in mnist.test_images[:30]:
+        scale = int(rng.integers(3, 9))
+        digit = Image.fromarray(255 - original).resize(
+            (28 * scale, 28 * scale), Image.Resampling.BILINEAR
+        )
+        canvas = Image.new("L", (28 * scale + 150, 28 * scale + 90), 255)
+        canvas.paste(digit, (int(rng.integers(0, 150)), int(rng.integers(0, 90))))
+        scores.append(best_shift_correlation(prepared(canvas), original.astype(np.float32)))
+    assert np.median(scores) > 0.9
+    assert min(scores) > 0.75

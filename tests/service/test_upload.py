@@ -1,0 +1,175 @@
+"""`POST /v1/predict/image` on a real server: every format, and every way an upload can be bad."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import LiveServer, launch_server, stop_server
+from training.data import MnistSplits
+
+MAX_UPLOAD_BYTES = 300_000
+MAX_PIXELS = 4_000_000
+
+
+@pytest.fixture(scope="module")
+def server(
+    trained_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    log_path = tmp_path_factory.mktemp("upload-logs") / "server.log"
+    live = launch_server(
+        trained_repository,
+        log_path,
+        MNIST_MAX_UPLOAD_BYTES=str(MAX_UPLOAD_BYTES),
+        MNIST_MAX_IMAGE_PIXELS=str(MAX_PIXELS),
+        MNIST_MAX_UPLOAD_IMAGES="4",
+    )
+    yield live
+    stop_server(live)
+
+
+def as_upload(digit: np.ndarray, fmt: str, mode: str = "L", scale: int = 6) -> bytes:
+    """A test digit as a user would send it: dark ink on white, larger, in a given format."""
+    paper = Image.fromarray(255 - digit).resize((28 * scale, 28 * scale), Image.Resampling.BILINEAR)
+    if mode == "RGBA":  # ink on a transparent canvas
+        alpha = Image.fromarray(digit).resize(paper.size, Image.Resampling.BILINEAR)
+        image = Image.merge("RGBA", (*[Image.new("L", paper.size, 0)] * 3, alpha))
+    else:
+        image = paper.convert(mode)
+    buffer = io.BytesIO()
+    if fmt == "GIF":
+        blank = Image.new("L", image.size, 255)
+        image.save(buffer, "GIF", save_all=True, append_images=[blank], duration=100)
+    else:
+        image.save(buffer, fmt)
+    return buffer.getvalue()
+
+
+FORMATS = [
+    ("PNG", "L", "image/png"),
+    ("PNG", "RGBA", "image/png"),
+    ("JPEG", "RGB", "image/jpeg"),
+    ("BMP", "RGB", "image/bmp"),
+    ("GIF", "L", "image/gif"),
+    ("WEBP", "RGB", "image/webp"),
+    ("TIFF", "L", "image/tiff"),
+]
+
+
+@pytest.mark.parametrize(
+    ("fmt", "mode", "media"), FORMATS, ids=[f"{f.lower()}-{m.lower()}" for f, m, _ in FORMATS]
+)
+def test_each_format_is_read_and_answers_like_the_pixels_api(
+    server: LiveServer, mnist: MnistSplits, fmt: str, mode: str, media: str
+) -> None:
+    digit = mnist.test_images[0]
+    answer = httpx.post(
+        server.url + "/v1/predict/image",
+        params={"return_input": "pixels"},
+        content=as_upload(digit, fmt, mode),
+        headers={"content-type": media},
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+    prediction = answer.json()["predictions"][0]
+    seen = np.array(prediction["input"], dtype=np.float32)
+    assert seen.shape == (28, 28)
+    assert seen.max() == 255
+    same = httpx.post(server.url + "/v1/predict", json={"instances": [seen.tolist()]}).json()
+    assert same["predictions"][0]["digit"] == prediction["digit"]
+    assert np.allclose(
+        same["predictions"][0]["probabilities"], prediction["probabilities"], atol=1e-5
+    )
+
+
+def test_multipart_upload_of_several_images_with_png_data_urls(
+    server: LiveServer, mnist: MnistSplits
+) -> None:
+    files = [
+        ("file", (f"digit{i}.png", as_upload(mnist.test_images[i], "PNG"), "image/png"))
+        for i in range(3)
+    ]
+    answer = httpx.post(
+        server.url + "/v1/predict/image", params={"return_input": "png"}, files=files, timeout=30
+    )
+    assert answer.status_code == 200, answer.text
+    predictions = answer.json()["predictions"]
+    assert len(predictions) == 3
+    for prediction in predictions:
+        assert prediction["input"].startswith("data:image/png;base64,")
+        assert 0 <= prediction["digit"] <= 9
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A valid 1x1 PNG whose header is rewritten to declare another size."""
+    buffer = io.BytesIO()
+    Image.new("L", (1, 1)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    ihdr = struct.pack(">II", width, height) + bytes(data[24:29])
+    data[16:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    return bytes(data)
+
+
+def blank_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (120, 90), "white").save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def truncated_png(mnist_digit: np.ndarray) -> bytes:
+    return as_upload(mnist_digit, "PNG")[:200]
+
+
+BAD = [
+    ("empty", b"", "image/png", 422, "empty"),
+    ("not-an-image", b"hello, world", "image/png", 415, "not an image"),
+    ("wrong-content-type", b"{}", "application/json", 415, "Content-Type"),
+    ("decompression-bomb", png_claiming(30_000, 30_000), "image/png", 413, "pixels"),
+    ("too-large-body", b"\x89PNG" + b"0" * (MAX_UPLOAD_BYTES + 10), "image/png", 413, "limit"),
+    ("no-ink", blank_png(), "image/png", 422, "no digit"),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "media", "status", "fragment"), [b[1:] for b in BAD], ids=[b[0] for b in BAD]
+)
+def test_bad_uploads_get_clear_errors(
+    server: LiveServer, body: bytes, media: str, status: int, fragment: str
+) -> None:
+    answer = httpx.post(
+        server.url + "/v1/predict/image", content=body, headers={"content-type": media}, timeout=30
+    )
+    assert answer.status_code == status, answer.text
+    assert fragment in answer.json()["error"]
+    assert httpx.get(server.url + "/healthz").status_code == 200
+
+
+def test_truncated_and_multipart_mistakes(server: LiveServer, mnist: MnistSplits) -> None:
+    url = server.url + "/v1/predict/image"
+    truncated = httpx.post(
+        url, content=truncated_png(mnist.test_images[0]), headers={"content-type": "image/png"}
+    )
+    assert truncated.status_code == 422
+    assert "corrupt or truncated" in truncated.json()["error"]
+    no_file = httpx.post(url, data={"note": "no image here"}, files={"x": ("", b"", "")})
+    assert no_file.status_code in (400, 422)
+    too_many = httpx.post(
+        url,
+        files=[
+            ("file", (f"{i}.png", as_upload(mnist.test_images[i], "PNG"), "image/png"))
+            for i in range(5)
+        ],
+    )
+    assert too_many.status_code in (400, 422)
+    assert "error" in too_many.json()
+    metrics = httpx.get(server.url + "/metrics").text
+    assert 'status="500"' not in metrics
