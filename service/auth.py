@@ -35,7 +35,7 @@ def _matches(candidate: str, keys: list[str]) -> bool:
     return found
 
 
-def require_api_key(request: Request) -> None:
+def check_api_key(request: Request) -> None:
     settings: Settings = request.app.state.settings
     allowed = settings.api_keys + settings.admin_api_keys
     if not allowed:
@@ -50,11 +50,16 @@ def require_api_key(request: Request) -> None:
         raise Unauthenticated("the API key is not valid", {"WWW-Authenticate": "Bearer"})
 
 
-def require_admin_key(request: Request) -> None:
+async def require_api_key(request: Request) -> None:
+    """`async` so FastAPI calls it inline instead of in its thread pool."""
+    check_api_key(request)
+
+
+async def require_admin_key(request: Request) -> None:
     settings: Settings = request.app.state.settings
     if not settings.api_keys and not settings.admin_api_keys:
         return
-    require_api_key(request)
+    check_api_key(request)
     key = presented_key(request)
     if key is None or not _matches(key, settings.admin_api_keys):
         raise Forbidden("this API key does not have the admin right")

@@ -51,8 +51,9 @@ class Settings(BaseSettings):
     """Merge concurrent requests into one model call; off runs each request alone."""
     max_batch_size: int = Field(64, ge=1)
     """Most images in one model call."""
-    max_batch_delay_ms: float = Field(1.0, ge=0)
-    """Longest a request waits for company before its batch runs."""
+    max_batch_delay_ms: float = Field(0.0, ge=0)
+    """Longest a request waits for company before its batch runs. 0 (measured best on CPU): a
+    request never waits for an idle model, and batches still form while the model is busy."""
     max_queue_images: int = Field(4096, ge=1)
     """Images waiting for the model beyond which new requests get 503 with Retry-After."""
     request_timeout_ms: float = Field(10_000, gt=0)

@@ -15,10 +15,10 @@ class ModelConfig:
     """
 
     blocks: int = 2
-    filters: int = 32
+    filters: int = 24
     dense_units: int = 128
-    dropout: float = 0.25
-    dense_dropout: float = 0.4
+    dropout: float = 0.1
+    dense_dropout: float = 0.3
     batch_norm: bool = True
 
 
@@ -27,13 +27,13 @@ class TrainConfig:
     data_dir: Path | None = None
     model_repository: Path = Path("models")
     model_name: str = "mnist"
-    epochs: int = 10
+    epochs: int = 14
     batch_size: int = 128
     learning_rate: float = 3e-3
     seed: int = 42
     validation_split: float = 0.05
     augment: bool = True
-    ema: bool = True
+    ema: bool = False
     """Export an exponential moving average of the weights (smoother than the last step)."""
     limit: int | None = None
     """Train on the first `limit` training images only (quick runs, tests)."""

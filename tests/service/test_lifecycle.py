@@ -95,7 +95,9 @@ def test_versions_and_labels_in_both_protocols(
     server = start_server(
         repository, MNIST_MODEL_VERSION_POLICY="all", MNIST_MODEL_LABELS="stable=1"
     )
-    wait_until(lambda: httpx.get(server.url + "/v2/models/mnist/versions/2/ready").is_success)
+    for version in (1, 2):
+        ready = f"{server.url}/v2/models/mnist/versions/{version}/ready"
+        wait_until(lambda url=ready: httpx.get(url).is_success)  # type: ignore[misc]
     with server.client() as client:
 
         def native(**params: object) -> httpx.Response:

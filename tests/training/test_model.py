@@ -44,7 +44,7 @@ def test_shapes_and_parameter_counts(config: ModelConfig) -> None:
 
 
 def test_default_model_size() -> None:
-    assert build_model(ModelConfig()).count_params() == 468_778
+    assert build_model(ModelConfig()).count_params() == 339_938
 
 
 @pytest.mark.parametrize("blocks", [0, 4])

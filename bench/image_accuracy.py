@@ -1,0 +1,108 @@
+"""Accuracy through `/v1/predict/image` on the 10,000 MNIST test digits rendered as users upload
+them, next to the accuracy on the raw test set, on a real server over HTTP.
+
+Each digit becomes dark ink on white paper, enlarged onto a canvas of random size (64 to 512
+pixels a side, not always square), off-centre; a quarter each are saved as grayscale PNG, RGB PNG,
+RGBA PNG with a transparent background, and JPEG (quality 60-95).
+
+    python bench/image_accuracy.py --model-repository models [--limit 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import io
+import os
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.serve_benchmark import server
+from training.data import load_mnist
+
+KINDS = ("png-gray", "png-rgb", "png-rgba", "jpeg")
+
+
+def render(digit: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[bytes, str]:
+    width, height = int(rng.integers(64, 513)), int(rng.integers(64, 513))
+    side = int(min(width, height) * rng.uniform(0.45, 0.95))
+    ink = Image.fromarray(digit).resize((side, side), Image.Resampling.BILINEAR)
+    left, top = int(rng.integers(0, width - side + 1)), int(rng.integers(0, height - side + 1))
+    buffer = io.BytesIO()
+    if kind == "png-rgba":
+        alpha = Image.new("L", (width, height), 0)
+        alpha.paste(ink, (left, top))
+        pen = (20, 20, 120)  # blue ink on a transparent canvas
+        layers = [Image.new("L", (width, height), value) for value in pen]
+        Image.merge("RGBA", (*layers, alpha)).save(buffer, "PNG")
+        return buffer.getvalue(), "image/png"
+    paper = Image.new("L", (width, height), 255)
+    paper.paste(Image.fromarray(255 - np.asarray(ink)), (left, top))
+    if kind == "png-gray":
+        paper.save(buffer, "PNG")
+        return buffer.getvalue(), "image/png"
+    if kind == "png-rgb":
+        paper.convert("RGB").save(buffer, "PNG")
+        return buffer.getvalue(), "image/png"
+    paper.convert("RGB").save(buffer, "JPEG", quality=int(rng.integers(60, 96)))
+    return buffer.getvalue(), "image/jpeg"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model-repository", type=Path, default=Path("models"))
+    parser.add_argument("--data-dir", default=os.environ.get("MNIST_DIR"))
+    parser.add_argument("--limit", type=int, default=10_000)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if not any((args.model_repository / "mnist").glob("[0-9]*")):
+        sys.exit(f"no model in {args.model_repository}: run `make train` first")
+    mnist = load_mnist(args.data_dir)
+    images, labels = mnist.test_images[: args.limit], mnist.test_labels[: args.limit]
+    rng = np.random.default_rng(args.seed)
+    uploads = [render(d, KINDS[i % len(KINDS)], rng) for i, d in enumerate(images)]
+
+    started = time.monotonic()
+    with server(args.model_repository, 18103, "0-1", batching=True) as url:
+        raw: list[int] = []
+        with httpx.Client(base_url=url, timeout=60) as client:
+            for i in range(0, len(images), 256):
+                body = {"instances": images[i : i + 256].tolist()}
+                raw += [
+                    p["digit"] for p in client.post("/v1/predict", json=body).json()["predictions"]
+                ]
+
+        def classify(start: int) -> list[int]:
+            files = [
+                ("file", (f"{j}", data, media))
+                for j, (data, media) in enumerate(uploads[start : start + args.batch])
+            ]
+            with httpx.Client(base_url=url, timeout=120) as client:
+                answer = client.post("/v1/predict/image", files=files)
+                answer.raise_for_status()
+                return [p["digit"] for p in answer.json()["predictions"]]
+
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            chunks = list(pool.map(classify, range(0, len(uploads), args.batch)))
+    uploaded = [digit for chunk in chunks for digit in chunk]
+    raw_accuracy = float(np.mean(np.array(raw) == labels))
+    upload_accuracy = float(np.mean(np.array(uploaded) == labels))
+    print(f"images={len(labels)} seconds={time.monotonic() - started:.0f}")
+    print(f"raw_accuracy={raw_accuracy:.4f}")
+    print(f"upload_accuracy={upload_accuracy:.4f}")
+    for k, kind in enumerate(KINDS):
+        picked = np.arange(k, len(labels), len(KINDS))
+        kind_accuracy = np.mean(np.array(uploaded)[picked] == labels[picked])
+        print(f"upload_accuracy_{kind.replace('-', '_')}={kind_accuracy:.4f}")
+    print(f"gap_percentage_points={(raw_accuracy - upload_accuracy) * 100:.2f}")
+
+
+if __name__ == "__main__":
+    main()
