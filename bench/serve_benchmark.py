@@ -97,6 +97,15 @@ def server(repository: Path, port: int, core: str, batching: bool) -> Iterator[s
                 raise RuntimeError(f"server on {port} did not become ready; see {log_path}")
             time.sleep(0.2)
         yield url
+        status = Path(f"/proc/{process.pid}/status").read_text()
+        rss_kib = int(
+            next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))
+        )
+        print(
+            f"server port={port} batching={'on' if batching else 'off'} "
+            f"peak_rss_mib={rss_kib / 1024:.0f}",
+            flush=True,
+        )
     finally:
         process.terminate()
         process.wait(30)

@@ -6,7 +6,7 @@ Requests are decoded by `service.decoding` (orjson + numpy, several times faster
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
 
@@ -16,6 +16,8 @@ Image = list[list[Pixel]] | list[Pixel]
 _EXAMPLE_IMAGE = [[0] * 28 for _ in range(28)]
 for _row in range(6, 22):
     _EXAMPLE_IMAGE[_row][14] = 255  # a vertical stroke: a "1"
+# Probabilities of digits 0-9 for that "1", as the model answers them.
+_EXAMPLE_PROBABILITIES: list[Any] = [1e-5, 0.9987, 4e-4, 1e-5, 2e-4, 1e-5, 1e-5, 5e-4, 1e-4, 1e-5]
 
 
 class PredictRequest(BaseModel):
@@ -49,18 +51,7 @@ class PredictResponse(BaseModel):
                         {
                             "digit": 1,
                             "probability": 0.9987,
-                            "probabilities": [
-                                1e-05,
-                                0.9987,
-                                0.0004,
-                                1e-05,
-                                0.0002,
-                                1e-05,
-                                1e-05,
-                                0.0005,
-                                0.0001,
-                                1e-05,
-                            ],
+                            "probabilities": _EXAMPLE_PROBABILITIES,
                         }
                     ],
                 }
@@ -96,3 +87,87 @@ def request_body_doc(model: type[BaseModel]) -> dict[str, object]:
             "content": {"application/json": {"schema": model.model_json_schema()}},
         }
     }
+
+
+_FLAT_EXAMPLE = [pixel for row in _EXAMPLE_IMAGE for pixel in row]
+
+TFSERVING_PREDICT_DOC: dict[str, object] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "description": "Exactly one of `instances` (row format) or `inputs` "
+                    "(columnar); images 28x28x1, 28x28 or 784 numbers in 0-255.",
+                    "properties": {
+                        "signature_name": {"type": "string", "default": "serving_default"},
+                        "instances": {"type": "array", "items": {}},
+                        "inputs": {},
+                    },
+                },
+                "examples": {
+                    "row": {"value": {"instances": [_EXAMPLE_IMAGE]}},
+                    "columnar": {"value": {"inputs": {"image": [_EXAMPLE_IMAGE]}}},
+                },
+            }
+        },
+    },
+    "responses": {
+        "200": {
+            "description": "`predictions` for row requests, `outputs` for columnar ones",
+            "content": {"application/json": {"example": {"predictions": [_EXAMPLE_PROBABILITIES]}}},
+        }
+    },
+}
+
+V2_INFER_DOC: dict[str, object] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {"type": "object", "required": ["inputs"]},
+                "example": {
+                    "id": "req-1",
+                    "inputs": [
+                        {
+                            "name": "image",
+                            "shape": [1, 784],
+                            "datatype": "FP32",
+                            "data": _FLAT_EXAMPLE,
+                        }
+                    ],
+                    "outputs": [{"name": "probabilities"}, {"name": "digit"}],
+                },
+            },
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"},
+                "description": "Triton's binary tensor extension: JSON header of "
+                "`Inference-Header-Content-Length` bytes, then the raw tensors.",
+            },
+        },
+    },
+    "responses": {
+        "200": {
+            "description": "Output tensors",
+            "content": {
+                "application/json": {
+                    "example": {
+                        "model_name": "mnist",
+                        "model_version": "1",
+                        "id": "req-1",
+                        "outputs": [
+                            {
+                                "name": "probabilities",
+                                "shape": [1, 10],
+                                "datatype": "FP32",
+                                "data": _EXAMPLE_PROBABILITIES,
+                            },
+                            {"name": "digit", "shape": [1], "datatype": "INT64", "data": [1]},
+                        ],
+                    }
+                }
+            },
+        }
+    },
+}

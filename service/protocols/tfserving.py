@@ -19,7 +19,7 @@ from service.decoding import images_from_nested
 from service.errors import InvalidInput, ModelNotFound
 from service.protocols.body import DataPlaneDep, SettingsDep, json_response, read_json
 from service.runtime import INPUT_NAME, OUTPUT_NAME, SIGNATURE_NAME
-from service.schemas import ERROR_RESPONSES
+from service.schemas import ERROR_RESPONSES, TFSERVING_PREDICT_DOC
 
 router = APIRouter(tags=["tensorflow-serving"], dependencies=[Depends(require_api_key)])
 
@@ -86,7 +86,10 @@ async def _predict(
 
 
 @router.post(
-    "/v1/models/{name}:predict", summary="Predict (TF Serving REST)", responses=ERROR_RESPONSES
+    "/v1/models/{name}:predict",
+    summary="Predict (TF Serving REST)",
+    responses=ERROR_RESPONSES,
+    openapi_extra=TFSERVING_PREDICT_DOC,
 )
 async def predict(
     request: Request, name: str, plane: DataPlaneDep, settings: SettingsDep
@@ -98,6 +101,7 @@ async def predict(
     "/v1/models/{name}/versions/{version}:predict",
     summary="Predict with a given version (TF Serving REST)",
     responses=ERROR_RESPONSES,
+    openapi_extra=TFSERVING_PREDICT_DOC,
 )
 async def predict_version(
     request: Request, name: str, version: str, plane: DataPlaneDep, settings: SettingsDep
@@ -109,6 +113,7 @@ async def predict_version(
     "/v1/models/{name}/labels/{label}:predict",
     summary="Predict with the version a label points at (TF Serving REST)",
     responses=ERROR_RESPONSES,
+    openapi_extra=TFSERVING_PREDICT_DOC,
 )
 async def predict_label(
     request: Request, name: str, label: str, plane: DataPlaneDep, settings: SettingsDep

@@ -32,7 +32,7 @@ from service.decoding import (
 from service.errors import InvalidInput, MalformedRequest, ModelNotFound, UnsupportedMediaType
 from service.protocols.body import DataPlaneDep, SettingsDep, json_response, read_body
 from service.runtime import INPUT_NAME, OUTPUT_NAME
-from service.schemas import ERROR_RESPONSES
+from service.schemas import ERROR_RESPONSES, V2_INFER_DOC
 from service.settings import Settings
 
 # Health and server metadata stay open for probes; model routes need a key when keys are set.
@@ -305,7 +305,12 @@ async def _infer(
     return encode_infer_response(plane, decoded, result.probabilities, result.version)
 
 
-@router.post("/v2/models/{name}/infer", summary="Inference (V2)", responses=ERROR_RESPONSES)
+@router.post(
+    "/v2/models/{name}/infer",
+    summary="Inference (V2)",
+    responses=ERROR_RESPONSES,
+    openapi_extra=V2_INFER_DOC,
+)
 async def infer(
     request: Request, name: str, plane: DataPlaneDep, settings: SettingsDep
 ) -> Response:
@@ -316,6 +321,7 @@ async def infer(
     "/v2/models/{name}/versions/{version}/infer",
     summary="Inference with a version (V2)",
     responses=ERROR_RESPONSES,
+    openapi_extra=V2_INFER_DOC,
 )
 async def infer_version(
     request: Request, name: str, version: str, plane: DataPlaneDep, settings: SettingsDep
