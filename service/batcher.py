@@ -118,10 +118,6 @@ class DynamicBatcher:
         self._loop_task: asyncio.Task[None] | None = None
         self._closing = False
 
-    @property
-    def queued_images(self) -> int:
-        return self._queued_images
-
     def start(self) -> None:
         if self._loop_task is None:
             self._loop_task = asyncio.create_task(self._run(), name="batcher")

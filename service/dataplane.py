@@ -60,6 +60,8 @@ class VersionStatus:
 class ServedVersion:
     model: LoadedModel
     batcher: DynamicBatcher
+    in_flight: Any
+    """This version's in-flight gauge, looked up once rather than on every request."""
 
     @property
     def version(self) -> int:
@@ -168,7 +170,7 @@ class DataPlane:
         deadline = self.settings.request_timeout_ms / 1000
         for attempt in range(2):
             served = self.resolve(name, version, label)
-            gauge = self.metrics.in_flight.labels(self.name, str(served.version))
+            gauge = served.in_flight
             gauge.inc()
             try:
                 probabilities = await served.batcher.submit(images, deadline)
@@ -297,7 +299,11 @@ class DataPlane:
         freeze_heap()
         self.status[version] = VersionStatus(version, ModelState.AVAILABLE)
         self.metrics.reloads.labels("success").inc()
-        served = ServedVersion(model, self._make_batcher(model))
+        served = ServedVersion(
+            model,
+            self._make_batcher(model),
+            self.metrics.in_flight.labels(self.name, str(version)),
+        )
         served.batcher.start()
         log.info(
             "serving model '%s' version %d from %s (loaded, warmed and checked in %.2f s)",
