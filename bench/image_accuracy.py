@@ -2,8 +2,9 @@
 them, next to the accuracy on the raw test set, on a real server over HTTP.
 
 Each digit becomes dark ink on white paper, enlarged onto a canvas of random size (64 to 512
-pixels a side, not always square), off-centre; a quarter each are saved as grayscale PNG, RGB PNG,
-RGBA PNG with a transparent background, and JPEG (quality 60-95).
+pixels a side, not always square), off-centre; a fifth each are saved as grayscale PNG, RGB PNG,
+RGBA PNG with a transparent background, JPEG (quality 60-95), and a "photo": grey pen on dim paper
+lit unevenly from a random side, with sensor noise, as a JPEG.
 
     python bench/image_accuracy.py --model-repository models [--limit 10000]
 """
@@ -26,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.serve_benchmark import server
 from training.data import load_mnist
 
-KINDS = ("png-gray", "png-rgb", "png-rgba", "jpeg")
+KINDS = ("png-gray", "png-rgb", "png-rgba", "jpeg", "photo")
 
 
 def render(digit: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[bytes, str]:
@@ -35,6 +36,11 @@ def render(digit: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[byte
     ink = Image.fromarray(digit).resize((side, side), Image.Resampling.BILINEAR)
     left, top = int(rng.integers(0, width - side + 1)), int(rng.integers(0, height - side + 1))
     buffer = io.BytesIO()
+    if kind == "photo":
+        photo(np.asarray(ink), (width, height), (left, top), rng).save(
+            buffer, "JPEG", quality=int(rng.integers(60, 91))
+        )
+        return buffer.getvalue(), "image/jpeg"
     if kind == "png-rgba":
         alpha = Image.new("L", (width, height), 0)
         alpha.paste(ink, (left, top))
@@ -52,6 +58,22 @@ def render(digit: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[byte
         return buffer.getvalue(), "image/png"
     paper.convert("RGB").save(buffer, "JPEG", quality=int(rng.integers(60, 96)))
     return buffer.getvalue(), "image/jpeg"
+
+
+def photo(
+    ink: np.ndarray, size: tuple[int, int], place: tuple[int, int], rng: np.random.Generator
+) -> Image.Image:
+    """Paper from about 110 to 250 grey, darker at the corners, lit from a random direction."""
+    width, height = size
+    cover = np.zeros((height, width), dtype=np.float32)
+    cover[place[1] : place[1] + ink.shape[0], place[0] : place[0] + ink.shape[1]] = ink / 255
+    ys, xs = np.indices((height, width)) / max(width, height)
+    angle = rng.uniform(0, 2 * np.pi)
+    slope = np.cos(angle) * (xs - 0.5) + np.sin(angle) * (ys - 0.5)
+    paper = 200 + 50 * slope - 40 * ((xs - 0.5) ** 2 + (ys - 0.5) ** 2)
+    pen = rng.uniform(20, 60)
+    picture = paper * (1 - cover) + pen * cover + rng.normal(0, 5, cover.shape)
+    return Image.fromarray(np.clip(picture, 0, 255).astype(np.uint8)).convert("RGB")
 
 
 def main() -> None:
