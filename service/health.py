@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
+from starlette.requests import Request
 from starlette.responses import Response
 
-from service.protocols.body import DataPlaneDep, json_response
+from service.protocols.body import json_response, plane_of
 
 router = APIRouter(tags=["health"])
 
@@ -20,7 +21,8 @@ async def healthz() -> Response:
     summary="Readiness: a model is loaded and warmed",
     responses={503: {"description": "No model ready (loading, none found, or shutting down)"}},
 )
-async def readyz(plane: DataPlaneDep) -> Response:
+async def readyz(request: Request) -> Response:
+    plane = plane_of(request)
     if plane.ready:
         return json_response(
             {"status": "ready", "model": plane.name, "version": str(plane.default_version)}

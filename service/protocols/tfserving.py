@@ -9,19 +9,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service.auth import require_api_key
 from service.dataplane import DataPlane
 from service.decoding import images_from_nested
 from service.errors import InvalidInput, ModelNotFound
-from service.protocols.body import DataPlaneDep, SettingsDep, json_response, read_json
+from service.protocols.body import json_response, plane_of, read_json, settings_of
 from service.runtime import INPUT_NAME, OUTPUT_NAME, SIGNATURE_NAME
 from service.schemas import ERROR_RESPONSES, TFSERVING_PREDICT_DOC
 
-router = APIRouter(tags=["tensorflow-serving"], dependencies=[Depends(require_api_key)])
+router = APIRouter(tags=["tensorflow-serving"])
 
 
 def parse_version(version: str) -> int:
@@ -69,13 +68,9 @@ def _named_input(row: Any, field: str) -> Any:
 
 
 async def _predict(
-    request: Request,
-    plane: DataPlane,
-    settings: Any,
-    name: str,
-    version: int | None,
-    label: str | None = None,
+    request: Request, name: str, version: int | None, label: str | None = None
 ) -> Response:
+    plane, settings = plane_of(request), settings_of(request)
     payload, check_booleans = await read_json(request, settings, lenient=True)
     plane.resolve(name, version, label)  # 404 for an unknown model before decoding the body
     images, columnar = images_from_tfs_payload(payload, settings.max_request_images, check_booleans)
@@ -91,10 +86,8 @@ async def _predict(
     responses=ERROR_RESPONSES,
     openapi_extra=TFSERVING_PREDICT_DOC,
 )
-async def predict(
-    request: Request, name: str, plane: DataPlaneDep, settings: SettingsDep
-) -> Response:
-    return await _predict(request, plane, settings, name, None)
+async def predict(request: Request, name: str) -> Response:
+    return await _predict(request, name, None)
 
 
 @router.post(
@@ -103,10 +96,8 @@ async def predict(
     responses=ERROR_RESPONSES,
     openapi_extra=TFSERVING_PREDICT_DOC,
 )
-async def predict_version(
-    request: Request, name: str, version: str, plane: DataPlaneDep, settings: SettingsDep
-) -> Response:
-    return await _predict(request, plane, settings, name, parse_version(version))
+async def predict_version(request: Request, name: str, version: str) -> Response:
+    return await _predict(request, name, parse_version(version))
 
 
 @router.post(
@@ -115,10 +106,8 @@ async def predict_version(
     responses=ERROR_RESPONSES,
     openapi_extra=TFSERVING_PREDICT_DOC,
 )
-async def predict_label(
-    request: Request, name: str, label: str, plane: DataPlaneDep, settings: SettingsDep
-) -> Response:
-    return await _predict(request, plane, settings, name, None, label)
+async def predict_label(request: Request, name: str, label: str) -> Response:
+    return await _predict(request, name, None, label)
 
 
 def _status(plane: DataPlane, name: str, version: int | None) -> Response:
@@ -149,8 +138,8 @@ def _status(plane: DataPlane, name: str, version: int | None) -> Response:
 @router.get(
     "/v1/models/{name}", summary="Model status (TF Serving REST)", responses=ERROR_RESPONSES
 )
-async def status(name: str, plane: DataPlaneDep) -> Response:
-    return _status(plane, name, None)
+async def status(request: Request, name: str) -> Response:
+    return _status(plane_of(request), name, None)
 
 
 @router.get(
@@ -158,8 +147,8 @@ async def status(name: str, plane: DataPlaneDep) -> Response:
     summary="Model version status (TF Serving REST)",
     responses=ERROR_RESPONSES,
 )
-async def status_version(name: str, version: str, plane: DataPlaneDep) -> Response:
-    return _status(plane, name, parse_version(version))
+async def status_version(request: Request, name: str, version: str) -> Response:
+    return _status(plane_of(request), name, parse_version(version))
 
 
 def _tensor_info(name: str, dims: list[int], tensor: str) -> dict[str, Any]:
@@ -200,8 +189,8 @@ def _metadata(
     summary="Model metadata (TF Serving REST)",
     responses=ERROR_RESPONSES,
 )
-async def metadata(name: str, plane: DataPlaneDep) -> Response:
-    return _metadata(plane, name, None)
+async def metadata(request: Request, name: str) -> Response:
+    return _metadata(plane_of(request), name, None)
 
 
 @router.get(
@@ -209,5 +198,5 @@ async def metadata(name: str, plane: DataPlaneDep) -> Response:
     summary="Model version metadata (TF Serving REST)",
     responses=ERROR_RESPONSES,
 )
-async def metadata_version(name: str, version: str, plane: DataPlaneDep) -> Response:
-    return _metadata(plane, name, parse_version(version))
+async def metadata_version(request: Request, name: str, version: str) -> Response:
+    return _metadata(plane_of(request), name, parse_version(version))

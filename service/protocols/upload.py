@@ -12,20 +12,19 @@ import base64
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service.auth import require_api_key
 from service.errors import InvalidInput, MalformedRequest, PayloadTooLarge, UnsupportedMediaType
 from service.images import PreparedImage, decode_upload, preprocess
-from service.protocols.body import DataPlaneDep, SettingsDep, json_response, read_body
+from service.protocols.body import json_response, plane_of, read_body, settings_of
 from service.protocols.native import native_body
 from service.schemas import ERROR_RESPONSES
 from service.settings import Settings
 
-router = APIRouter(tags=["native"], dependencies=[Depends(require_api_key)])
+router = APIRouter(tags=["native"])
 
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/bmp", "image/gif", "image/webp", "image/tiff")
 UPLOAD_DOC: dict[str, Any] = {
@@ -99,14 +98,13 @@ def prepare_all(uploads: list[tuple[str, bytes]], max_pixels: int) -> list[Prepa
 )
 async def predict_image(
     request: Request,
-    plane: DataPlaneDep,
-    settings: SettingsDep,
     return_input: Annotated[
         Literal["none", "png", "pixels"],
         Query(description="Also return the 28x28 image the model saw, as a PNG data URL or pixels"),
     ] = "none",
 ) -> Response:
     """PNG, JPEG, BMP, GIF (first frame), WebP or TIFF; any size, colour mode and background."""
+    plane, settings = plane_of(request), settings_of(request)
     uploads = await read_uploads(request, settings)
     if len(uploads) > settings.max_upload_images:
         raise InvalidInput(f"{len(uploads)} images; at most {settings.max_upload_images} at once")

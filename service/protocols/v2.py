@@ -14,12 +14,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import orjson
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
 from service import __version__
-from service.auth import require_api_key
 from service.dataplane import DataPlane
 from service.decoding import (
     IMAGE_SIDE,
@@ -30,14 +29,14 @@ from service.decoding import (
     to_number_array,
 )
 from service.errors import InvalidInput, MalformedRequest, ModelNotFound, UnsupportedMediaType
-from service.protocols.body import DataPlaneDep, SettingsDep, json_response, read_body
+from service.protocols.body import json_response, plane_of, read_body, settings_of
 from service.runtime import INPUT_NAME, OUTPUT_NAME
 from service.schemas import ERROR_RESPONSES, V2_INFER_DOC
 from service.settings import Settings
 
 # Health and server metadata stay open for probes; model routes need a key when keys are set.
 health_router = APIRouter(tags=["kserve-v2"])
-router = APIRouter(tags=["kserve-v2"], dependencies=[Depends(require_api_key)])
+router = APIRouter(tags=["kserve-v2"])
 
 BINARY_HEADER = "inference-header-content-length"
 DIGIT_OUTPUT = "digit"
@@ -72,7 +71,8 @@ async def live() -> Response:
 
 
 @health_router.get("/v2/health/ready", summary="Server ready (V2)")
-async def ready(plane: DataPlaneDep) -> Response:
+async def ready(request: Request) -> Response:
+    plane = plane_of(request)
     return json_response({"ready": plane.ready}, status_code=200 if plane.ready else 503)
 
 
@@ -109,18 +109,18 @@ def _model_metadata(plane: DataPlane, name: str, version: str | None) -> Respons
 
 
 @router.get("/v2/models/{name}/ready", summary="Model ready (V2)")
-async def model_ready(name: str, plane: DataPlaneDep) -> Response:
-    return _model_ready(plane, name, None)
+async def model_ready(request: Request, name: str) -> Response:
+    return _model_ready(plane_of(request), name, None)
 
 
 @router.get("/v2/models/{name}/versions/{version}/ready", summary="Model version ready (V2)")
-async def model_version_ready(name: str, version: str, plane: DataPlaneDep) -> Response:
-    return _model_ready(plane, name, version)
+async def model_version_ready(request: Request, name: str, version: str) -> Response:
+    return _model_ready(plane_of(request), name, version)
 
 
 @router.get("/v2/models/{name}", summary="Model metadata (V2)", responses=ERROR_RESPONSES)
-async def model_metadata(name: str, plane: DataPlaneDep) -> Response:
-    return _model_metadata(plane, name, None)
+async def model_metadata(request: Request, name: str) -> Response:
+    return _model_metadata(plane_of(request), name, None)
 
 
 @router.get(
@@ -128,8 +128,8 @@ async def model_metadata(name: str, plane: DataPlaneDep) -> Response:
     summary="Model version metadata (V2)",
     responses=ERROR_RESPONSES,
 )
-async def model_version_metadata(name: str, version: str, plane: DataPlaneDep) -> Response:
-    return _model_metadata(plane, name, version)
+async def model_version_metadata(request: Request, name: str, version: str) -> Response:
+    return _model_metadata(plane_of(request), name, version)
 
 
 @dataclass(frozen=True)
@@ -285,9 +285,8 @@ def encode_infer_response(
     )
 
 
-async def _infer(
-    request: Request, plane: DataPlane, settings: Settings, name: str, version: str | None
-) -> Response:
+async def _infer(request: Request, name: str, version: str | None) -> Response:
+    plane, settings = plane_of(request), settings_of(request)
     wanted = _check_model(plane, name, version)
     plane.resolve(name, wanted)
     media = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
@@ -311,10 +310,8 @@ async def _infer(
     responses=ERROR_RESPONSES,
     openapi_extra=V2_INFER_DOC,
 )
-async def infer(
-    request: Request, name: str, plane: DataPlaneDep, settings: SettingsDep
-) -> Response:
-    return await _infer(request, plane, settings, name, None)
+async def infer(request: Request, name: str) -> Response:
+    return await _infer(request, name, None)
 
 
 @router.post(
@@ -323,7 +320,5 @@ async def infer(
     responses=ERROR_RESPONSES,
     openapi_extra=V2_INFER_DOC,
 )
-async def infer_version(
-    request: Request, name: str, version: str, plane: DataPlaneDep, settings: SettingsDep
-) -> Response:
-    return await _infer(request, plane, settings, name, version)
+async def infer_version(request: Request, name: str, version: str) -> Response:
+    return await _infer(request, name, version)

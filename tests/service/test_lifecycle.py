@@ -255,8 +255,21 @@ def test_api_keys_guard_predictions_and_admin_but_not_probes(
     assert httpx.post(url + "/v1/admin/reload").status_code == 401
     assert httpx.post(url + "/v1/admin/reload", headers=user).status_code == 403
     assert httpx.post(url + "/v1/admin/reload", headers=admin).status_code == 200
-    for open_path in ("/healthz", "/readyz", "/metrics", "/v2/health/ready", "/v2"):
+    for open_path in ("/healthz", "/readyz", "/metrics", "/v2/health/ready", "/v2", "/"):
         assert httpx.get(url + open_path).status_code == 200, open_path
+
+    # Default-deny: every documented route but the probes needs a key, new ones included.
+    spec = httpx.get(url + "/openapi.json").json()
+    open_paths = {"/healthz", "/readyz", "/metrics", "/v2", "/v2/health/live", "/v2/health/ready"}
+    guarded = 0
+    for template, methods in spec["paths"].items():
+        path = template.format(name="mnist", version="1", label="stable")
+        for method in methods:
+            status = httpx.request(method, url + path).status_code
+            assert (status == 401) == (template not in open_paths), (method, template, status)
+            guarded += template not in open_paths
+    assert guarded >= 15  # not vacuous: the APIs are all in the spec
+    assert httpx.get(url + "/no/such/route").status_code == 401
     logs = server.logs()
     assert "user-secret-1" not in logs
     assert "admin-secret-2" not in logs
