@@ -69,13 +69,16 @@ def request_body(images: int, data_dir: str | None) -> bytes:
 
 
 @contextlib.contextmanager
-def server(repository: Path, port: int, core: str, batching: bool) -> Iterator[str]:
+def server(
+    repository: Path, port: int, core: str, batching: bool, access_log: bool = True
+) -> Iterator[str]:
+    """The service as users run it (defaults, access log included), its log in a temp file."""
     env = {
         **os.environ,
         "MNIST_MODEL_REPOSITORY": str(repository),
         "MNIST_PORT": str(port),
         "MNIST_BATCHING": str(batching).lower(),
-        "MNIST_ACCESS_LOG": "false",
+        "MNIST_ACCESS_LOG": str(access_log).lower(),
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
     log_path = Path(tempfile.gettempdir()) / f"bench-server-{port}.log"
@@ -176,6 +179,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--server-core", default="1")
     parser.add_argument("--client-core", default="0")
+    parser.add_argument(
+        "--no-access-log",
+        dest="access_log",
+        action="store_false",
+        help="serve without the per-request JSON log line (on by default, as in production)",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: apt-get install wrk")
@@ -189,7 +198,8 @@ def main() -> None:
 
     print(
         f"# {time.strftime('%Y-%m-%d')} server core {args.server_core}, wrk core "
-        f"{args.client_core}, {args.seconds} s x {args.repeats} per figure, medians",
+        f"{args.client_core}, {args.seconds} s x {args.repeats} per figure, medians, "
+        f"access log {'on' if args.access_log else 'off'}",
         flush=True,
     )
     for batch in (1, 32, 256):
@@ -205,8 +215,8 @@ def main() -> None:
 
     results: dict[tuple[str, int, bool], list[dict[str, float]]] = {}
     with (
-        server(args.model_repository, 18101, args.server_core, True) as on,
-        server(args.model_repository, 18102, args.server_core, False) as off,
+        server(args.model_repository, 18101, args.server_core, True, args.access_log) as on,
+        server(args.model_repository, 18102, args.server_core, False, args.access_log) as off,
     ):
         for name, images, concurrency in SCENARIOS:
             for url in (on, off):  # warm both
