@@ -6,8 +6,8 @@ docs, and `/v1/admin/` needs an admin key. Keys are compared in constant time, a
 configured key, and never logged.
 
 This is ASGI middleware rather than a FastAPI dependency on each route: default-deny cannot be
-forgotten on a new route, and FastAPI's per-request dependency solving cost about a fifth of the
-single-image throughput (measured with bench/serve_benchmark.py).
+forgotten on a new route, and FastAPI's per-request dependency solving cost about 6% of the
+single-image throughput at concurrency 64 (A/B, as bench/serve_benchmark.py runs the server).
 """
 
 from __future__ import annotations
