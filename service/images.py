@@ -143,7 +143,8 @@ def paper_surface(ink: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         residual = values - terms @ coefficients
         spread = 1.4826 * float(np.median(np.abs(residual[paper]))) + 1.0  # robust sigma
         paper = residual < 2.5 * spread
-    # Evaluated separably: a 12-megapixel photo's surface costs no more than its sample's.
+    # Evaluated separably (terms in `_quadratic_terms`' order): a 12-megapixel photo's surface
+    # costs no more than its sample's.
     y = (np.arange(height, dtype=np.float64) / max(height - 1, 1))[:, None]
     x = (np.arange(width, dtype=np.float64) / max(width - 1, 1))[None, :]
     c = coefficients
