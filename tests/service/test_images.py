@@ -116,6 +116,15 @@ def test_a_thick_stroke_is_ink_all_the_way_through() -> None:
     assert inside.min() >= 250
 
 
+def test_a_bold_digit_covering_most_of_the_picture_keeps_its_ink() -> None:
+    """More ink than paper: the paper is still told apart (Otsu), not taken from the majority."""
+    canvas = Image.new("L", (100, 100), 255)
+    ImageDraw.Draw(canvas).rectangle([(20, 0), (80, 99)], fill=0)  # 61% of the pixels
+    pixels = prepared(canvas)
+    rows, cols = np.flatnonzero(pixels.max(1) > 0), np.flatnonzero(pixels.max(0) > 0)
+    assert pixels[rows[0] + 2 : rows[-1] - 1, cols[0] + 2 : cols[-1] - 1].min() >= 250
+
+
 def test_rendered_mnist_digits_come_back_close_to_the_originals(mnist: MnistSplits) -> None:
     """Dark ink on white, upscaled and off-centre, as a user would upload a test digit."""
     rng = np.random.default_rng(0)
