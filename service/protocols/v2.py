@@ -34,7 +34,8 @@ from service.runtime import INPUT_NAME, OUTPUT_NAME
 from service.schemas import ERROR_RESPONSES, V2_INFER_DOC
 from service.settings import Settings
 
-# Health and server metadata stay open for probes; model routes need a key when keys are set.
+# Health and server metadata stay open for probes (service.auth.OPEN_PATHS); model routes need a
+# key when keys are set.
 health_router = APIRouter(tags=["kserve-v2"])
 router = APIRouter(tags=["kserve-v2"])
 
