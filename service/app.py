@@ -17,7 +17,7 @@ from service.auth import ApiKeyMiddleware
 from service.dataplane import DataPlane
 from service.errors import ServingError, error_response, handle_serving_error
 from service.health import router as health_router
-from service.metrics import Metrics
+from service.metrics import Metrics, multiprocess_directory
 from service.middleware import RequestContextMiddleware
 from service.protocols.admin import router as admin_router
 from service.protocols.native import router as native_router
@@ -28,6 +28,7 @@ from service.protocols.v2 import router as v2_router
 from service.settings import Settings
 from service.shutdown import GracefulShutdown
 from service.web import router as web_router
+from service.workers import WorkerRegistry
 
 log = logging.getLogger("service.app")
 
@@ -52,15 +53,11 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     return error_response(422, f"{where}: {first.get('msg', 'invalid request')}", "invalid_input")
 
 
-async def _unexpected_error(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s", request.url.path)
-    return error_response(500, "internal server error", "internal")
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
-    plane = DataPlane(settings, metrics)
+    workers = WorkerRegistry(multiprocess_directory(), settings.workers)
+    plane = DataPlane(settings, metrics, workers)
     shutdown = GracefulShutdown(settings.drain_grace_seconds, on_drain=plane.start_draining)
 
     @contextlib.asynccontextmanager
@@ -82,7 +79,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ServingError: handle_serving_error,
             HTTPException: _http_error,
             RequestValidationError: _validation_error,
-            Exception: _unexpected_error,
         },
     )
     app.state.settings = settings
@@ -97,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/metrics", tags=["health"], summary="Prometheus metrics")
     async def metrics_endpoint() -> Response:
+        workers.reap()
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
@@ -107,7 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         RequestContextMiddleware,
         metrics=metrics,
+        shutdown=shutdown,
         log_requests=settings.access_log,
-        refusing=lambda: shutdown.refusing,
     )
     return app

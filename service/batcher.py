@@ -9,11 +9,18 @@ the rules below are tested with a fake model in microseconds.
 - A batch runs when it is full, or when its oldest request has waited `max_batch_delay`. While the
   model is busy (at most `max_concurrent_batches` calls run at once, in worker threads so the event
   loop keeps accepting requests), the queue fills and the next batch is taken whole.
-- The queue is bounded by images: a request that does not fit is refused at once (`Overloaded`),
-  so overload turns into fast 503s instead of growing latency.
-- A caller that stops waiting (deadline passed, client gone) cancels its future; its images are
-  dropped from the queue before they reach the model.
-- A model call that raises fails only the requests in that batch; the loop goes on.
+- Admission is by time: a request is accepted only if the work queued ahead of it, and its own,
+  can be done within its time budget, estimated from the measured cost of the model's calls
+  (`service.cost`). Otherwise it is refused at once (`Overloaded`, 503 + Retry-After), so
+  overload turns into fast refusals while what is accepted is answered in time. `admit` makes
+  the same decision before a request's body is even read. The queue is also bounded by images,
+  as a memory guard.
+- A caller that stops waiting (deadline passed, client gone, task cancelled) is forgotten at
+  once: its images leave the queue's count and are dropped before they reach the model.
+- A model call that raises fails only the requests in that batch; the loop goes on. A call that
+  hangs holds its slot, but callers still get their 504 at their deadline, newcomers a fast 503
+  (the estimate counts a call far past its expected time as taking that long again), and
+  `close` gives up on it after its timeout.
 """
 
 from __future__ import annotations
@@ -23,15 +30,23 @@ import collections
 import concurrent.futures
 import contextlib
 import logging
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from service.errors import DeadlineExceeded, InferenceFailed, Overloaded, VersionUnloading
+from service.cost import CostModel
+from service.errors import (
+    ClientGone,
+    DeadlineExceeded,
+    InferenceFailed,
+    Overloaded,
+    VersionUnloading,
+)
 
 log = logging.getLogger("service.batcher")
 
@@ -45,7 +60,12 @@ class BatchObserver(Protocol):
     def batch_done(self, size: int, seconds: float) -> None: ...
     def queue_wait(self, seconds: float) -> None: ...
     def queue_depth(self, images: int) -> None: ...
-    def rejected(self, reason: str) -> None: ...
+    def accepted(self) -> None: ...
+    def rejected(self, reason: str) -> None:
+        """Refused before queueing: queue_full, over_budget, shutting_down."""
+
+    def dropped(self, reason: str) -> None:
+        """Accepted, then given up: deadline, client_disconnected, cancelled."""
 
 
 class NullObserver:
@@ -58,7 +78,13 @@ class NullObserver:
     def queue_depth(self, images: int) -> None:
         pass
 
+    def accepted(self) -> None:
+        pass
+
     def rejected(self, reason: str) -> None:
+        pass
+
+    def dropped(self, reason: str) -> None:
         pass
 
 
@@ -70,6 +96,8 @@ class _Pending:
     deadline: float
     taken: int = 0
     """Images already handed to a batch."""
+    forgotten: bool = False
+    """Its caller stopped waiting; the images it had not handed over left the queue's count."""
     answered: int = 0
     result: Array | None = field(default=None, repr=False)
 
@@ -97,6 +125,7 @@ class DynamicBatcher:
         max_concurrent_batches: int = 1,
         retry_after_seconds: int = 1,
         observer: BatchObserver | None = None,
+        cost: CostModel | None = None,
     ) -> None:
         if max_batch_size < 1 or max_queue_images < 1 or max_concurrent_batches < 1:
             raise ValueError("batch size, queue size and concurrency must be positive")
@@ -105,8 +134,11 @@ class DynamicBatcher:
         self.max_batch_delay = max_batch_delay
         self.max_queue_images = max_queue_images
         self._merge = merge
-        self._retry_after = str(retry_after_seconds)
+        self._retry_after = retry_after_seconds
         self._observer: BatchObserver = observer or NullObserver()
+        self.cost = cost or CostModel()
+        self._calls: dict[int, tuple[float, int]] = {}
+        """Model calls running now: start time and images, by id."""
         self._queue: collections.deque[_Pending] = collections.deque()
         self._queued_images = 0
         self._arrived = asyncio.Event()
@@ -122,45 +154,132 @@ class DynamicBatcher:
         if self._loop_task is None:
             self._loop_task = asyncio.create_task(self._run(), name="batcher")
 
-    async def close(self) -> None:
-        """Refuse new work, answer everything already accepted, then stop."""
+    async def close(self, give_up_after: float | None = None) -> None:
+        """Refuse new work, answer everything already accepted, then stop.
+
+        A model call still running after `give_up_after` seconds (hung) is abandoned: its
+        callers and everything still queued get `VersionUnloading`; its thread goes on alone.
+        """
         self._closing = True
         self._arrived.set()
-        if self._loop_task is not None:
-            await self._loop_task
-        if self._running:
-            await asyncio.gather(*self._running, return_exceptions=True)
-        self._executor.shutdown(wait=True)
+        tasks = {t for t in (self._loop_task, *self._running) if t is not None}
+        stuck: set[asyncio.Task[None]] = set()
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=give_up_after)
+        if stuck:
+            log.error("a model call is still running after %.1f s; abandoning it", give_up_after)
+            for task in stuck:
+                task.cancel()
+            for pending in self._queue:
+                if not pending.future.done():
+                    pending.future.set_exception(VersionUnloading("the model stopped"))
+            self._queue.clear()
+        self._executor.shutdown(wait=not stuck)
 
-    async def submit(self, images: Array, deadline_seconds: float) -> Array:
-        """Queue `images` (N, ...) and return the model's N outputs, or raise a `ServingError`."""
+    def estimated_wait(self, images: int) -> float:
+        """Seconds until `images` queued now would be answered: the running call's rest, then
+        the queue ahead, then the images themselves."""
+        now = time.monotonic()
+        busy = 0.0
+        for started, size in self._calls.values():
+            expected = self.cost.batched_seconds(size, self.max_batch_size)
+            elapsed = now - started
+            # Far past its expected time the call has stalled: expect as long again.
+            busy = max(busy, expected - elapsed if elapsed < 2 * expected + 0.05 else elapsed)
+        queued = self._queued_images + images
+        calls = math.ceil(queued / self.max_batch_size) if self._merge else len(self._queue) + 1
+        return busy + self.cost.seconds(queued, calls)
+
+    def longest_call(self) -> float:
+        """How long the oldest running model call has been running (0 when idle)."""
+        if not self._calls:
+            return 0.0
+        return time.monotonic() - min(started for started, _ in self._calls.values())
+
+    def admit(self, images: int, budget: float) -> None:
+        """Raise unless `images` can be queued now and answered within `budget` seconds."""
         if self._closing:
             self._observer.rejected("shutting_down")
             raise VersionUnloading(
-                "the model version is being unloaded", {"Retry-After": self._retry_after}
+                "the model version is being unloaded", {"Retry-After": str(self._retry_after)}
             )
-        count = len(images)
-        if self._queued_images + count > self.max_queue_images:
+        if self._queued_images + images > self.max_queue_images:
             self._observer.rejected("queue_full")
             raise Overloaded(
                 f"server overloaded: {self._queued_images} images queued, limit "
                 f"{self.max_queue_images}; retry later",
-                {"Retry-After": self._retry_after},
+                {"Retry-After": str(self._retry_after)},
             )
+        wait = self.estimated_wait(images)
+        if wait > budget:
+            self._observer.rejected("over_budget")
+            retry_after = max(self._retry_after, math.ceil(wait - budget))
+            raise Overloaded(
+                f"server overloaded: this request would be answered in about {wait * 1000:.0f} "
+                f"ms, past its {budget * 1000:.0f} ms budget; retry later",
+                {"Retry-After": str(retry_after)},
+            )
+
+    async def submit(
+        self,
+        images: Array,
+        budget: float,
+        abandoned: Callable[[], Awaitable[Any]] | None = None,
+    ) -> Array:
+        """Queue `images` (N, ...) and return the model's N outputs, or raise a `ServingError`.
+
+        `budget` is the time the request may take, in seconds; `abandoned()`, if given, completes
+        when the caller's client has gone away (its images are then dropped).
+        """
+        count = len(images)
+        self.admit(count, budget)
         loop = asyncio.get_running_loop()
         now = time.monotonic()
-        pending = _Pending(images, loop.create_future(), now, now + deadline_seconds)
+        pending = _Pending(images, loop.create_future(), now, now + budget)
         self._queue.append(pending)
         self._queued_images += count
+        self._observer.accepted()
         self._observer.queue_depth(self._queued_images)
         self._arrived.set()
+        watcher = None
+        if abandoned is not None:
+            watcher = asyncio.ensure_future(abandoned())
+
+            def client_gone(task: asyncio.Future[Any]) -> None:
+                if not task.cancelled() and not pending.future.done():
+                    self._forget(pending, "client_disconnected")
+
+            watcher.add_done_callback(client_gone)
         try:
-            return await asyncio.wait_for(pending.future, deadline_seconds)
+            return await asyncio.wait_for(pending.future, budget)
         except TimeoutError:
-            self._observer.rejected("deadline")
+            self._forget(pending, "deadline")
             raise DeadlineExceeded(
-                f"request not answered within its {deadline_seconds * 1000:.0f} ms deadline"
+                f"request not answered within its {budget * 1000:.0f} ms budget"
             ) from None
+        except asyncio.CancelledError:
+            self._forget(pending, "cancelled")
+            raise
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+
+    def _forget(self, pending: _Pending, reason: str | None) -> None:
+        """Nobody waits for this request any more (`reason`), or it failed: what it had not
+        handed to the model leaves the queue's count at once, and never reaches the model."""
+        if pending.forgotten:
+            return
+        pending.forgotten = True
+        self._queued_images -= pending.size - pending.taken
+        self._observer.queue_depth(self._queued_images)
+        if reason is not None:
+            self._observer.dropped(reason)
+        if not pending.future.done():
+            pending.future.set_exception(
+                ClientGone("client disconnected")
+                if reason == "client_disconnected"
+                else DeadlineExceeded("request expired in the queue")
+            )
 
     async def _run(self) -> None:
         while True:
@@ -200,8 +319,11 @@ class DynamicBatcher:
         now = time.monotonic()
         while self._queue and (size < self.max_batch_size or not self._merge):
             pending = self._queue[0]
-            if pending.future.done() or (pending.taken == 0 and pending.deadline <= now):
-                self._drop(self._queue.popleft())
+            if pending.taken == 0 and pending.deadline <= now and not pending.future.done():
+                self._forget(pending, "deadline")
+            if pending.forgotten or pending.future.done():
+                self._forget(pending, None)  # a split request whose first part failed
+                self._queue.popleft()
                 continue
             if not self._merge and slices:
                 break
@@ -218,13 +340,6 @@ class DynamicBatcher:
         self._observer.queue_depth(self._queued_images)
         return slices
 
-    def _drop(self, pending: _Pending) -> None:
-        """Forget a request nobody waits for any more (its caller timed out or went away)."""
-        self._queued_images -= pending.size - pending.taken
-        if not pending.future.done():
-            pending.future.set_exception(DeadlineExceeded("request expired in the queue"))
-            self._observer.rejected("deadline")
-
     async def _execute(self, slices: list[_Slice]) -> None:
         try:
             if len(slices) == 1:
@@ -233,6 +348,7 @@ class DynamicBatcher:
             else:
                 inputs = np.concatenate([s.request.images[s.start : s.stop] for s in slices])
             started = time.monotonic()
+            self._calls[id(slices)] = (started, len(inputs))
             loop = asyncio.get_running_loop()
             try:
                 outputs = await loop.run_in_executor(self._executor, self._predict, inputs)
@@ -247,9 +363,12 @@ class DynamicBatcher:
                     if not s.request.future.done():
                         s.request.future.set_exception(failure)
                 return
-            self._observer.batch_done(len(inputs), time.monotonic() - started)
+            seconds = time.monotonic() - started
+            self.cost.observe(len(inputs), seconds)
+            self._observer.batch_done(len(inputs), seconds)
             self._deliver(slices, outputs)
         finally:
+            self._calls.pop(id(slices), None)
             self._slots.release()
 
     @staticmethod

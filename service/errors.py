@@ -92,6 +92,14 @@ class DeadlineExceeded(ServingError):
     code = "deadline_exceeded"
 
 
+class ClientGone(ServingError):
+    """The client closed the connection before its answer was ready (nginx's 499); the request
+    was dropped, and nobody reads this status but the access log and metrics."""
+
+    status = 499
+    code = "client_closed_request"
+
+
 class InferenceFailed(ServingError):
     """The model call itself raised; only the requests of that batch see this."""
 

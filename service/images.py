@@ -11,13 +11,16 @@ the paper's light is subtracted), never a fixed `> 0`.
 from __future__ import annotations
 
 import io
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
-from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from service.errors import InvalidInput, PayloadTooLarge, ServingError, UnsupportedMediaType
+
+log = logging.getLogger("service.images")
 
 ACCEPTED_FORMATS = frozenset({"PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF", "MPO"})
 WORKING_SIDE = 512
@@ -48,6 +51,24 @@ class PreparedImage:
         buffer = io.BytesIO()
         Image.fromarray(self.pixels, mode="L").save(buffer, format="PNG")
         return buffer.getvalue()
+
+
+def prepare_upload(data: bytes, max_pixels: int, name: str = "image") -> PreparedImage:
+    """Decode and preprocess one upload; anything the image makes fail is the client's 422.
+
+    Pillow raises many exception types for hostile files, and not only while decoding: EXIF
+    orientation, mode conversion (a LAB TIFF has none to RGB) and lazy tile loading fail later.
+    So the whole pipeline is guarded here, once, rather than each call that might touch pixels.
+    """
+    try:
+        return preprocess(decode_upload(data, max_pixels, name), name)
+    except ServingError:
+        raise
+    except Exception as exc:
+        log.warning("upload %s could not be prepared", name, exc_info=True)
+        raise InvalidInput(
+            f"{name} could not be read as an image: {type(exc).__name__}: {exc}"
+        ) from None
 
 
 def decode_upload(data: bytes, max_pixels: int, name: str = "image") -> Image.Image:

@@ -8,6 +8,7 @@ and `/metrics` sums them, so the figures cover every worker whichever one answer
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -41,8 +42,10 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
-def multiprocess_enabled() -> bool:
-    return bool(os.environ.get(MULTIPROC_ENV))
+def multiprocess_directory() -> Path | None:
+    """Where the workers of a multi-process server share their metrics (set by `mnist-serve`)."""
+    directory = os.environ.get(MULTIPROC_ENV)
+    return Path(directory) if directory else None
 
 
 class Metrics:
@@ -67,7 +70,8 @@ class Metrics:
         )
         self.queue_depth = Gauge(
             "inference_queue_depth",
-            "Images waiting for the model.",
+            "Images waiting for the model, per model version.",
+            ["model", "version"],
             multiprocess_mode="livesum",
             registry=r,
         )
@@ -89,9 +93,22 @@ class Metrics:
             ["model", "version", "digit"],
             registry=r,
         )
+        self.accepted = Counter(
+            "requests_accepted_total",
+            "Inference requests admitted to a model's queue.",
+            registry=r,
+        )
         self.rejected = Counter(
             "requests_rejected_total",
-            "Requests refused or dropped by the server (queue_full, deadline, shutting_down).",
+            "Inference requests refused before queueing (over_budget: would miss its time "
+            "budget; queue_full; shutting_down).",
+            ["reason"],
+            registry=r,
+        )
+        self.dropped = Counter(
+            "requests_dropped_total",
+            "Admitted requests given up before the model ran them (deadline, "
+            "client_disconnected, cancelled).",
             ["reason"],
             registry=r,
         )
@@ -121,6 +138,11 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.repository_errors = Counter(
+            "model_repository_errors_total",
+            "Polls of the model repository that could not read it (the served versions stay).",
+            registry=r,
+        )
         self.model_load_failures = Counter(
             "model_load_failures_total",
             "Model versions that could not be loaded.",
@@ -129,7 +151,7 @@ class Metrics:
         )
 
     def render(self) -> tuple[bytes, str]:
-        if multiprocess_enabled():
+        if multiprocess_directory() is not None:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             return generate_latest(registry), CONTENT_TYPE_LATEST
@@ -137,10 +159,11 @@ class Metrics:
 
 
 class BatcherMetrics:
-    """Adapts `Metrics` to the batcher's observer protocol."""
+    """Adapts `Metrics` to the batcher's observer protocol, for one model version."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, model: str, version: int) -> None:
         self._m = metrics
+        self._queue_depth = metrics.queue_depth.labels(model, str(version))
 
     def batch_done(self, size: int, seconds: float) -> None:
         self._m.batch_size.observe(size)
@@ -150,7 +173,13 @@ class BatcherMetrics:
         self._m.queue_wait.observe(seconds)
 
     def queue_depth(self, images: int) -> None:
-        self._m.queue_depth.set(images)
+        self._queue_depth.set(images)
+
+    def accepted(self) -> None:
+        self._m.accepted.inc()
 
     def rejected(self, reason: str) -> None:
         self._m.rejected.labels(reason).inc()
+
+    def dropped(self, reason: str) -> None:
+        self._m.dropped.labels(reason).inc()

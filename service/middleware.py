@@ -1,5 +1,6 @@
 """Per-request bookkeeping as plain ASGI (Starlette's BaseHTTPMiddleware costs a task per request):
-the request id, HTTP metrics and the structured access log line."""
+the request id, HTTP metrics, the structured access log line, and the connection rules of a
+server that is shutting down."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.errors import error_response
 from service.metrics import Metrics
 
+log = logging.getLogger("service.middleware")
 access_log = logging.getLogger("service.access")
 
 REQUEST_ID_HEADER = b"x-request-id"
@@ -22,18 +25,28 @@ OPEN_WHILE_DRAINING = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/
 _SAFE_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 
 
+class ShutdownState(Protocol):
+    @property
+    def draining(self) -> bool:
+        """SIGTERM arrived: answer, but close each connection after its response."""
+
+    @property
+    def refusing(self) -> bool:
+        """The grace period is over: new requests get 503."""
+
+
 class RequestContextMiddleware:
     def __init__(
         self,
         app: ASGIApp,
         metrics: Metrics,
+        shutdown: ShutdownState,
         log_requests: bool = True,
-        refusing: Callable[[], bool] = lambda: False,
     ) -> None:
         self.app = app
         self.metrics = metrics
+        self.shutdown = shutdown
         self.log_requests = log_requests
-        self.refusing = refusing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -44,26 +57,53 @@ class RequestContextMiddleware:
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
         status = 500
+        response_started = False
+        body_read = False
+
+        async def receive_tracked() -> Message:
+            nonlocal body_read
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_read = True
+            return message
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, response_started
             if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [
-                    *message.get("headers", []),
-                    (REQUEST_ID_HEADER, request_id.encode()),
-                ]
+                status, response_started = message["status"], True
+                headers = [*message.get("headers", []), (REQUEST_ID_HEADER, request_id.encode())]
+                if self.shutdown.draining:
+                    # Clients move to another replica instead of reusing a connection the
+                    # server is about to close. The unread rest of the body is read first:
+                    # closing a socket with unread data makes the kernel send a reset, which
+                    # can destroy this very response before the client reads it.
+                    headers.append((b"connection", b"close"))
+                    if not body_read:
+                        await _discard_body(receive_tracked)
+                message["headers"] = headers
             await send(message)
 
         try:
-            if self.refusing() and scope["path"] not in OPEN_WHILE_DRAINING:
-                await _shutting_down(send_with_id)
+            if self.shutdown.refusing and scope["path"] not in OPEN_WHILE_DRAINING:
+                response = error_response(
+                    503,
+                    "server is shutting down; retry on another replica",
+                    "shutting_down",
+                    {"Retry-After": "1"},
+                )
+                await response(scope, receive_tracked, send_with_id)
             else:
-                await self.app(scope, receive, send_with_id)
+                await self.app(scope, receive_tracked, send_with_id)
+        except Exception:
+            # Starlette's last-resort handler sits outside this middleware and would answer
+            # without the request id; answer here so every response carries it.
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            if not response_started:
+                response = error_response(500, "internal server error", "internal")
+                await response(scope, receive_tracked, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            template = _route_template(scope)
             method = scope["method"]
             self.metrics.http_requests.labels(method, template, str(status)).inc()
             self.metrics.http_duration.labels(method, template).observe(elapsed)
@@ -82,21 +122,27 @@ class RequestContextMiddleware:
                 )
 
 
-async def _shutting_down(send: Send) -> None:
-    body = b'{"error":"server is shutting down; retry on another replica","code":"shutting_down"}'
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 503,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"retry-after", b"1"),
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+async def _discard_body(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
+
+
+def _route_template(scope: Scope) -> str:
+    """The route's path template: set by routing, or found again for requests answered before
+    routing (a missing API key, a refusal during shutdown) and for routes that do not record it
+    (the docs), so metrics never lump them together as "unmatched"."""
+    route = scope.get("route")
+    template = getattr(route, "path", None)
+    if template:
+        return str(template)
+    app = scope.get("app")
+    for candidate in getattr(getattr(app, "router", None), "routes", ()):
+        match, _ = candidate.matches(scope)
+        if match != Match.NONE:
+            return str(getattr(candidate, "path", "unmatched"))
+    return "unmatched"
 
 
 def _request_id(scope: Scope) -> str:

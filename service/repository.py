@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from service.params import MAX_VERSION_DIGITS, parse_decimal
+
+
+class RepositoryUnavailable(OSError):
+    """The repository exists but cannot be read now (permissions, a stale network mount)."""
+
 
 class ModelRepository:
     def __init__(self, root: Path, name: str) -> None:
@@ -22,13 +28,12 @@ class ModelRepository:
         """
         try:
             entries = list(self.model_dir.iterdir())
-        except (FileNotFoundError, NotADirectoryError, PermissionError):
+        except (FileNotFoundError, NotADirectoryError):
             return []
-        return sorted(
-            int(entry.name)
-            for entry in entries
-            if entry.name.isdigit() and int(entry.name) > 0 and entry.is_dir()
-        )
+        except OSError as exc:
+            raise RepositoryUnavailable(f"cannot list {self.model_dir}: {exc}") from exc
+        versions = ((parse_decimal(entry.name, MAX_VERSION_DIGITS), entry) for entry in entries)
+        return sorted(v for v, entry in versions if v and entry.is_dir())
 
     def path(self, version: int) -> Path:
         return self.model_dir / str(version)

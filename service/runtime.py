@@ -6,7 +6,7 @@ import functools
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,8 @@ class LoadedModel:
     load_seconds: float
     _signature: Any
     _keepalive: Any  # the loaded SavedModel object; the signature dies with it
+    call_seconds: list[tuple[int, float]] = field(default_factory=list)
+    """Measured (batch size, seconds) of warm calls, to seed the batcher's cost model."""
 
     def predict(self, images: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """(N, 28, 28, 1) float32 in 0-255 -> (N, 10) probabilities.
@@ -98,14 +100,21 @@ def load_model(name: str, version: int, path: Path) -> LoadedModel:
     return model
 
 
-def warm_up(model: LoadedModel, batch_sizes: tuple[int, ...]) -> None:
-    """Run each batch size once: the first calls pay for graph optimisation and allocation."""
+def warm_up(model: LoadedModel, batch_sizes: tuple[int, ...]) -> list[tuple[int, float]]:
+    """Run each batch size: the first calls pay for graph optimisation and allocation; the
+    second, timed, says what a call of that size costs once warm."""
+    timings = []
     for size in batch_sizes:
-        probabilities = model.predict(np.zeros((size, *IMAGE_SHAPE), np.float32))
+        images = np.zeros((size, *IMAGE_SHAPE), np.float32)
+        probabilities = model.predict(images)
         if probabilities.shape != (size, NUM_CLASSES) or not np.all(np.isfinite(probabilities)):
             raise ModelLoadError(
                 f"{model.path}: warm-up returned shape {probabilities.shape} or non-finite values"
             )
+        started = time.perf_counter()
+        model.predict(images)
+        timings.append((size, time.perf_counter() - started))
+    return timings
 
 
 def _check_signature(path: Path, signature: Any) -> None:

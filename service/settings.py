@@ -56,8 +56,10 @@ class Settings(BaseSettings):
     request never waits for an idle model, and batches still form while the model is busy."""
     max_queue_images: int = Field(4096, ge=1)
     """Images waiting for the model beyond which new requests get 503 with Retry-After."""
-    request_timeout_ms: float = Field(10_000, gt=0)
-    """Deadline of a request in the queue; past it the request is dropped with 504."""
+    request_timeout_ms: float = Field(1_000, gt=0)
+    """A request's time budget. It is admitted only if the work queued ahead of it and its own
+    can be done within it (else 503 + Retry-After at once); past it, a queued request is dropped
+    with 504. A client may ask for less with the `X-Request-Timeout-Ms` header."""
     max_request_images: int = Field(256, ge=1)
     """Most images one request may carry (larger batches get 422)."""
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)

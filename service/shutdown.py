@@ -34,6 +34,11 @@ class GracefulShutdown:
         self._signalled = False
         self._originals: dict[int, Handler] = {}
 
+    @property
+    def draining(self) -> bool:
+        """True from the signal on: responses close their connections."""
+        return self._signalled
+
     def install(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in SIGNALS:

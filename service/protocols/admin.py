@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.errors import ModelNotFound
+from service.params import parse_label, shown
 from service.protocols.body import json_response, plane_of
 from service.schemas import ERROR_RESPONSES
 
@@ -17,7 +18,7 @@ router = APIRouter(prefix="/v1/admin", tags=["admin"])  # admin key: see service
 
 def _check_name(name: str, served_name: str) -> None:
     if name != served_name:
-        raise ModelNotFound(f"model '{name}' not found; this server serves '{served_name}'")
+        raise ModelNotFound(f"model {shown(name)} not found; this server serves '{served_name}'")
 
 
 @router.post("/reload", summary="Look at the model repository now", responses=ERROR_RESPONSES)
@@ -46,7 +47,7 @@ async def set_label(
 ) -> Response:
     plane = plane_of(request)
     _check_name(name, plane.name)
-    plane.set_label(label, version)
+    plane.set_label(parse_label(label, in_path=False), version)
     return json_response(plane.describe())
 
 
@@ -54,5 +55,5 @@ async def set_label(
 async def remove_label(request: Request, name: str, label: str) -> Response:
     plane = plane_of(request)
     _check_name(name, plane.name)
-    plane.remove_label(label)
+    plane.remove_label(parse_label(label))
     return json_response(plane.describe())

@@ -11,6 +11,7 @@ from starlette.responses import Response
 from service.dataplane import DataPlane
 from service.decoding import may_hold_booleans, parse_json
 from service.errors import MalformedRequest, PayloadTooLarge, UnsupportedMediaType
+from service.params import parse_length_header
 from service.settings import Settings
 
 
@@ -30,10 +31,7 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     """Refuse by Content-Length before reading; count while streaming when there is none."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        try:
-            size = int(declared)
-        except ValueError:
-            raise MalformedRequest(f"invalid Content-Length header {declared!r}") from None
+        size = parse_length_header("Content-Length", declared)
         if size > max_bytes:
             raise PayloadTooLarge(
                 f"request body of {size} bytes exceeds the {max_bytes} byte limit"

@@ -11,7 +11,9 @@ from starlette.responses import Response
 from service.dataplane import Inference
 from service.decoding import images_from_nested
 from service.errors import InvalidInput
-from service.protocols.body import json_response, plane_of, read_json, settings_of
+from service.params import parse_label, parse_version
+from service.protocols.admission import admit
+from service.protocols.body import json_response, read_json, settings_of
 from service.schemas import ERROR_RESPONSES, PredictRequest, PredictResponse, request_body_doc
 
 router = APIRouter(tags=["native"])
@@ -27,16 +29,21 @@ router = APIRouter(tags=["native"])
 async def predict(
     request: Request,
     version: Annotated[
-        int | None, Query(ge=1, description="Answer with this version (default: newest)")
+        str | None,
+        Query(description="Answer with this version (default: newest)", examples=["1"]),
     ] = None,
     label: Annotated[
-        str | None, Query(description="Answer with the version this label points at")
+        str | None,
+        Query(description="Answer with the version this label points at", examples=["stable"]),
     ] = None,
 ) -> Response:
     """Each image is 28x28 (or 784 flat) numbers, 0 background to 255 ink."""
     if version is not None and label is not None:
         raise InvalidInput("give either 'version' or 'label', not both")
-    plane, settings = plane_of(request), settings_of(request)
+    wanted = None if version is None else parse_version(version, in_path=False)
+    label = None if label is None else parse_label(label, in_path=False)
+    settings = settings_of(request)
+    call = admit(request, settings.model_name, wanted, label)
     payload, check_booleans = await read_json(request, settings)
     if not isinstance(payload, dict) or "instances" not in payload:
         raise InvalidInput('body must be a JSON object with an "instances" list of images')
@@ -46,8 +53,7 @@ async def predict(
         max_images=settings.max_request_images,
         check_booleans=check_booleans,
     )
-    request.state.images = len(images)
-    return json_response(native_body(await plane.infer(images, plane.name, version, label)))
+    return json_response(native_body(await call.infer(images)))
 
 
 def native_body(result: Inference) -> dict[str, Any]:

@@ -16,17 +16,13 @@ from starlette.responses import Response
 from service.dataplane import DataPlane
 from service.decoding import images_from_nested
 from service.errors import InvalidInput, ModelNotFound
+from service.params import parse_label, parse_version, shown
+from service.protocols.admission import admit
 from service.protocols.body import json_response, plane_of, read_json, settings_of
 from service.runtime import INPUT_NAME, OUTPUT_NAME, SIGNATURE_NAME
 from service.schemas import ERROR_RESPONSES, TFSERVING_PREDICT_DOC
 
 router = APIRouter(tags=["tensorflow-serving"])
-
-
-def parse_version(version: str) -> int:
-    if not version.isdigit():
-        raise ModelNotFound(f"model version '{version}' is not a number")
-    return int(version)
 
 
 def images_from_tfs_payload(
@@ -37,7 +33,7 @@ def images_from_tfs_payload(
         raise InvalidInput("request body must be a JSON object")
     signature = payload.get("signature_name", SIGNATURE_NAME)
     if signature != SIGNATURE_NAME:
-        raise InvalidInput(f"serving signature name: '{signature}' not found in signature def")
+        raise InvalidInput(f"serving signature name: {shown(signature)} not found in signature def")
     has_instances, has_inputs = "instances" in payload, "inputs" in payload
     if has_instances == has_inputs:
         raise InvalidInput("JSON object must contain exactly one of 'instances' or 'inputs'")
@@ -70,12 +66,11 @@ def _named_input(row: Any, field: str) -> Any:
 async def _predict(
     request: Request, name: str, version: int | None, label: str | None = None
 ) -> Response:
-    plane, settings = plane_of(request), settings_of(request)
+    settings = settings_of(request)
+    call = admit(request, name, version, label)  # 404 or 503 before the body is read
     payload, check_booleans = await read_json(request, settings, lenient=True)
-    plane.resolve(name, version, label)  # 404 for an unknown model before decoding the body
     images, columnar = images_from_tfs_payload(payload, settings.max_request_images, check_booleans)
-    request.state.images = len(images)
-    result = await plane.infer(images, name, version, label)
+    result = await call.infer(images)
     key = "outputs" if columnar else "predictions"
     return json_response({key: result.probabilities})
 
@@ -107,17 +102,19 @@ async def predict_version(request: Request, name: str, version: str) -> Response
     openapi_extra=TFSERVING_PREDICT_DOC,
 )
 async def predict_label(request: Request, name: str, label: str) -> Response:
-    return await _predict(request, name, None, label)
+    return await _predict(request, name, None, parse_label(label))
 
 
 def _status(plane: DataPlane, name: str, version: int | None) -> Response:
     if name != plane.name:
-        raise ModelNotFound(f"Servable not found for request: Latest({name})")
+        raise ModelNotFound(f"Servable not found for request: Latest({shown(name)})")
     known = sorted(plane.status.values(), key=lambda s: s.version, reverse=True)
     if version is not None:
         known = [s for s in known if s.version == version]
         if not known:
-            raise ModelNotFound(f"Servable not found for request: Specific({name}, {version})")
+            raise ModelNotFound(
+                f"Servable not found for request: Specific({shown(name)}, {version})"
+            )
     return json_response(
         {
             "model_version_status": [

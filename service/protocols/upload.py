@@ -18,8 +18,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.errors import InvalidInput, MalformedRequest, PayloadTooLarge, UnsupportedMediaType
-from service.images import PreparedImage, decode_upload, preprocess
-from service.protocols.body import json_response, plane_of, read_body, settings_of
+from service.images import PreparedImage, prepare_upload
+from service.params import parse_length_header
+from service.protocols.admission import admit
+from service.protocols.body import json_response, read_body, settings_of
 from service.protocols.native import native_body
 from service.schemas import ERROR_RESPONSES
 from service.settings import Settings
@@ -53,9 +55,10 @@ async def read_uploads(request: Request, settings: Settings) -> list[tuple[str, 
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media == "multipart/form-data":
         declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes:
+        size = parse_length_header("Content-Length", declared) if declared else 0
+        if size > settings.max_upload_bytes:
             raise PayloadTooLarge(
-                f"upload of {declared} bytes exceeds the {settings.max_upload_bytes} byte limit"
+                f"upload of {size} bytes exceeds the {settings.max_upload_bytes} byte limit"
             )
         try:
             form = await request.form(
@@ -87,7 +90,7 @@ async def read_uploads(request: Request, settings: Settings) -> list[tuple[str, 
 
 def prepare_all(uploads: list[tuple[str, bytes]], max_pixels: int) -> list[PreparedImage]:
     """Runs in a worker thread: decoding and filtering a photo takes milliseconds of CPU."""
-    return [preprocess(decode_upload(data, max_pixels, name), name) for name, data in uploads]
+    return [prepare_upload(data, max_pixels, name) for name, data in uploads]
 
 
 @router.post(
@@ -104,14 +107,14 @@ async def predict_image(
     ] = "none",
 ) -> Response:
     """PNG, JPEG, BMP, GIF (first frame), WebP or TIFF; any size, colour mode and background."""
-    plane, settings = plane_of(request), settings_of(request)
+    settings = settings_of(request)
+    call = admit(request, settings.model_name)
     uploads = await read_uploads(request, settings)
     if len(uploads) > settings.max_upload_images:
         raise InvalidInput(f"{len(uploads)} images; at most {settings.max_upload_images} at once")
     prepared = await asyncio.to_thread(prepare_all, uploads, settings.max_image_pixels)
     images = np.stack([p.pixels for p in prepared])[..., None].astype(np.float32)
-    request.state.images = len(images)
-    body = native_body(await plane.infer(images, plane.name))
+    body = native_body(await call.infer(images))
     if return_input != "none":
         for prediction, image in zip(body["predictions"], prepared, strict=True):
             if return_input == "png":

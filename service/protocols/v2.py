@@ -29,6 +29,8 @@ from service.decoding import (
     to_number_array,
 )
 from service.errors import InvalidInput, MalformedRequest, ModelNotFound, UnsupportedMediaType
+from service.params import parse_length_header, parse_version, shown
+from service.protocols.admission import admit
 from service.protocols.body import json_response, plane_of, read_body, settings_of
 from service.runtime import INPUT_NAME, OUTPUT_NAME
 from service.schemas import ERROR_RESPONSES, V2_INFER_DOC
@@ -79,12 +81,8 @@ async def ready(request: Request) -> Response:
 
 def _check_model(plane: DataPlane, name: str, version: str | None) -> int | None:
     if name != plane.name:
-        raise ModelNotFound(f"model '{name}' not found; this server serves '{plane.name}'")
-    if version is None:
-        return None
-    if not version.isdigit():
-        raise ModelNotFound(f"model '{name}' has no version '{version}'")
-    return int(version)
+        raise ModelNotFound(f"model {shown(name)} not found; this server serves '{plane.name}'")
+    return None if version is None else parse_version(version)
 
 
 def _model_ready(plane: DataPlane, name: str, version: str | None) -> Response:
@@ -151,10 +149,7 @@ def decode_infer_request(
 ) -> InferRequest:
     binary = b""
     if header_length is not None:
-        try:
-            json_size = int(header_length)
-        except ValueError:
-            raise MalformedRequest(f"invalid {BINARY_HEADER} header {header_length!r}") from None
+        json_size = parse_length_header(BINARY_HEADER, header_length)
         if not 0 < json_size <= len(body):
             raise MalformedRequest(
                 f"{BINARY_HEADER} is {json_size} but the body has {len(body)} bytes"
@@ -182,7 +177,8 @@ def decode_infer_request(
             name = item.get("name")
             if name not in (OUTPUT_NAME, DIGIT_OUTPUT):
                 raise InvalidInput(
-                    f"unknown output '{name}'; this model has '{OUTPUT_NAME}' and '{DIGIT_OUTPUT}'"
+                    f"unknown output {shown(name)}; this model has '{OUTPUT_NAME}' and "
+                    f"'{DIGIT_OUTPUT}'"
                 )
             outputs.append(
                 RequestedOutput(name, bool(_parameters(item).get("binary_data", binary_default)))
@@ -202,10 +198,11 @@ def _decode_tensor(
 ) -> npt.NDArray[np.float32]:
     name, datatype, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
     if name != INPUT_NAME:
-        raise InvalidInput(f"unknown input '{name}'; the model's input is '{INPUT_NAME}'")
-    if datatype not in DATATYPES:
+        raise InvalidInput(f"unknown input {shown(name)}; the model's input is '{INPUT_NAME}'")
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise InvalidInput(
-            f"input '{INPUT_NAME}' has datatype {datatype!r}; use FP32 (or another numeric type)"
+            f"input '{INPUT_NAME}' has datatype {shown(datatype)}; use FP32 or another of "
+            f"{', '.join(DATATYPES)}"
         )
     if (
         not isinstance(shape, list)
@@ -288,8 +285,7 @@ def encode_infer_response(
 
 async def _infer(request: Request, name: str, version: str | None) -> Response:
     plane, settings = plane_of(request), settings_of(request)
-    wanted = _check_model(plane, name, version)
-    plane.resolve(name, wanted)
+    call = admit(request, name, _check_model(plane, name, version))
     media = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if media not in ("application/json", "application/octet-stream"):
         raise UnsupportedMediaType(
@@ -300,8 +296,7 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     if not body:
         raise MalformedRequest("request body is empty; send a V2 inference request")
     decoded = decode_infer_request(body, request.headers.get(BINARY_HEADER), settings)
-    request.state.images = len(decoded.images)
-    result = await plane.infer(decoded.images, name, wanted)
+    result = await call.infer(decoded.images)
     return encode_infer_response(plane, decoded, result.probabilities, result.version)
 
 

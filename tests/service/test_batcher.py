@@ -11,8 +11,15 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from service.batcher import DynamicBatcher
-from service.errors import DeadlineExceeded, InferenceFailed, Overloaded, VersionUnloading
+from service.batcher import DynamicBatcher, NullObserver
+from service.cost import CostModel
+from service.errors import (
+    ClientGone,
+    DeadlineExceeded,
+    InferenceFailed,
+    Overloaded,
+    VersionUnloading,
+)
 
 Array = npt.NDArray[np.float32]
 
@@ -149,9 +156,9 @@ def test_expired_requests_are_dropped_before_the_model() -> None:
         batcher = DynamicBatcher(model, max_batch_size=1, max_batch_delay=0)
         batcher.start()
         blocker = asyncio.ensure_future(batcher.submit(images(1), 5))
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.01)
         with pytest.raises(DeadlineExceeded):
-            await batcher.submit(images(666), 0.05)
+            await batcher.submit(images(666), 0.1)
         model.release.set()
         await blocker
         await batcher.close()
@@ -205,5 +212,126 @@ def test_close_answers_everything_queued_then_refuses() -> None:
         assert [p.result()[0, 0] for p in pending] == [2.0 * i for i in range(7)]
         with pytest.raises(VersionUnloading):
             await batcher.submit(images(1), 5)
+
+    run(scenario())
+
+
+class CountingObserver(NullObserver):
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.depth = 0
+
+    def accepted(self) -> None:
+        self.counts["accepted"] = self.counts.get("accepted", 0) + 1
+
+    def rejected(self, reason: str) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+
+    def dropped(self, reason: str) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+
+    def queue_depth(self, images: int) -> None:
+        self.depth = images
+
+
+def test_cost_model_fits_a_fixed_and_a_per_image_cost() -> None:
+    cost = CostModel([(n, 0.0005 + 0.0001 * n) for n in (1, 2, 4, 8, 16, 32, 64)])
+    per_call, per_image = cost.coefficients()
+    assert per_call == pytest.approx(0.0005, rel=1e-6)
+    assert per_image == pytest.approx(0.0001, rel=1e-6)
+    assert cost.batched_seconds(100, 64) == pytest.approx(2 * 0.0005 + 100 * 0.0001)
+    steady = CostModel([(64, 0.0064)] * 10)  # one size only: the mean cost per image
+    assert steady.batched_seconds(128, 64) == pytest.approx(0.0128)
+
+
+def test_a_request_that_cannot_be_answered_within_its_budget_is_refused_at_once() -> None:
+    model = RecordingModel(delay=0.02)  # 20 ms per call, whatever its size
+    observer = CountingObserver()
+
+    async def scenario() -> None:
+        batcher = DynamicBatcher(
+            model,
+            max_batch_size=1,
+            max_batch_delay=0,
+            observer=observer,
+            cost=CostModel([(1, 0.02), (2, 0.02)]),
+        )
+        batcher.start()
+        queued = [asyncio.ensure_future(batcher.submit(images(i), 5)) for i in range(10)]
+        await asyncio.sleep(0)
+        assert batcher.estimated_wait(1) == pytest.approx(0.22, abs=0.03)
+        started = time.monotonic()
+        with pytest.raises(Overloaded) as refused:
+            await batcher.submit(images(99), 0.1)
+        assert time.monotonic() - started < 0.01
+        assert "budget" in refused.value.message
+        assert refused.value.headers["Retry-After"] == "1"
+        with pytest.raises(Overloaded):
+            batcher.admit(1, 0.1)  # the same decision, before any body is read
+        answered = await batcher.submit(images(7), 2)  # a larger budget is admitted
+        assert answered.tolist() == [[14.0]]
+        await asyncio.gather(*queued)
+        await batcher.close()
+
+    run(scenario())
+    assert 99.0 not in model.seen
+    assert observer.counts == {"accepted": 11, "over_budget": 2}
+
+
+def test_a_request_whose_client_left_never_reaches_the_model() -> None:
+    model = RecordingModel()
+    model.release.clear()
+    observer = CountingObserver()
+
+    async def scenario() -> None:
+        batcher = DynamicBatcher(model, max_batch_size=1, max_batch_delay=0, observer=observer)
+        batcher.start()
+        blocker = asyncio.ensure_future(batcher.submit(images(1), 5))
+        await asyncio.sleep(0.01)
+        client_left = asyncio.Event()
+        abandoned = asyncio.ensure_future(
+            batcher.submit(images(666, 667), 5, abandoned=client_left.wait)
+        )
+        await asyncio.sleep(0.01)
+        assert observer.depth == 2
+        client_left.set()
+        with pytest.raises(ClientGone):
+            await abandoned
+        assert observer.depth == 0  # the queue's count drops at once, not when reached
+        model.release.set()
+        await blocker
+        await batcher.close()
+
+    run(scenario())
+    assert 666.0 not in model.seen
+    assert observer.counts == {"accepted": 2, "client_disconnected": 1}
+
+
+def test_a_hung_model_call_bounds_waits_refusals_and_close() -> None:
+    model = RecordingModel()
+    model.release.clear()  # hangs until released
+
+    async def scenario() -> None:
+        batcher = DynamicBatcher(
+            model, max_batch_size=1, max_batch_delay=0, cost=CostModel([(1, 0.001), (2, 0.002)])
+        )
+        batcher.start()
+        hung = asyncio.ensure_future(batcher.submit(images(1), 0.3))
+        await asyncio.sleep(0.1)
+        assert batcher.longest_call() >= 0.1
+        started = time.monotonic()
+        with pytest.raises(Overloaded):  # far past its expected 1 ms: counted as stalled
+            await batcher.submit(images(2), 0.04)
+        assert time.monotonic() - started < 0.01
+        with pytest.raises(DeadlineExceeded):
+            await hung  # its caller still gets an answer at its deadline
+        queued = asyncio.ensure_future(batcher.submit(images(3), 5))
+        await asyncio.sleep(0)
+        started = time.monotonic()
+        await batcher.close(give_up_after=0.1)
+        assert time.monotonic() - started < 1
+        with pytest.raises(VersionUnloading):
+            await queued
+        model.release.set()
 
     run(scenario())

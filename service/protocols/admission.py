@@ -1,0 +1,73 @@
+"""What every inference route does around the model, whatever its protocol: give the request its
+time budget, admit it (or refuse it) before its body is read, and drop it if its client leaves.
+
+A route reads: `call = admit(request, name, version, label)`, then read and decode the body, then
+`await call.infer(images)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from starlette.requests import Request
+
+from service.dataplane import DataPlane, Inference
+from service.errors import MalformedRequest
+from service.params import parse_decimal, shown
+from service.protocols.body import plane_of
+
+TIMEOUT_HEADER = "x-request-timeout-ms"
+"""A client's own budget in milliseconds; the server's `request_timeout_ms` caps it."""
+
+
+def request_budget(request: Request, plane: DataPlane) -> float:
+    raw = request.headers.get(TIMEOUT_HEADER)
+    if raw is None:
+        return plane.budget()
+    milliseconds = parse_decimal(raw.strip(), 9)
+    if not milliseconds:
+        raise MalformedRequest(
+            f"{TIMEOUT_HEADER} must be a positive whole number of milliseconds, got {shown(raw)}"
+        )
+    return plane.budget(milliseconds)
+
+
+async def client_gone(request: Request) -> None:
+    """Completes when the client disconnects. Called once the body has been read, so the only
+    message left on the ASGI channel is `http.disconnect`."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+@dataclass(frozen=True)
+class AdmittedCall:
+    request: Request
+    plane: DataPlane
+    name: str
+    version: int | None
+    label: str | None
+    budget: float
+
+    async def infer(self, images: npt.NDArray[np.float32]) -> Inference:
+        self.request.state.images = len(images)
+        return await self.plane.infer(
+            images,
+            self.name,
+            self.version,
+            self.label,
+            budget=self.budget,
+            abandoned=lambda: client_gone(self.request),
+        )
+
+
+def admit(
+    request: Request, name: str, version: int | None = None, label: str | None = None
+) -> AdmittedCall:
+    """404 for an unknown model, 503 now if the queue cannot answer even one image in time:
+    under overload a refusal then costs no body read and no parse."""
+    plane = plane_of(request)
+    budget = request_budget(request, plane)
+    plane.admit(name, version, label, budget)
+    return AdmittedCall(request, plane, name, version, label, budget)
