@@ -199,3 +199,75 @@ def test_unknown_route_and_method_are_json_too(server: LiveServer) -> None:
     wrong_method = httpx.get(server.url + "/v1/predict")
     assert wrong_method.status_code == 405
     assert "error" in wrong_method.json()
+
+
+# Strings Python's `str.isdigit()` accepts but `int()` rejects or misreads, and sizes no
+# version has: each was a 500 (or a silent misreading) on some route before versions were
+# parsed in one place.
+BAD_VERSIONS = ["%C2%B2", "%D9%A1%D9%A2", "9" * 5000, "1_0", "%201", "0", "-1", "1.0"]
+VERSION_ROUTES = [
+    ("GET", "/v1/models/mnist/versions/{v}"),
+    ("GET", "/v1/models/mnist/versions/{v}/metadata"),
+    ("POST", "/v1/models/mnist/versions/{v}:predict"),
+    ("GET", "/v2/models/mnist/versions/{v}"),
+    ("GET", "/v2/models/mnist/versions/{v}/ready"),
+    ("POST", "/v2/models/mnist/versions/{v}/infer"),
+]
+
+
+@pytest.mark.parametrize("version", BAD_VERSIONS)
+@pytest.mark.parametrize(("method", "route"), VERSION_ROUTES)
+def test_malformed_versions_name_no_model_on_every_route(
+    server: LiveServer, method: str, route: str, version: str
+) -> None:
+    url = server.url + route.format(v=version)
+    answer = httpx.request(method, url, content=body({"instances": [BLANK]}), timeout=30)
+    assert answer.status_code == 404, answer.text
+    assert "version" in answer.json()["error"]
+    assert len(answer.text) < 400  # a 5,000-digit version is not echoed back whole
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["version=%C2%B2", "version=" + "9" * 5000, "version=0", "label=%C2%B2", "label=a%20b"],
+)
+def test_malformed_version_or_label_in_a_query_is_invalid_input(
+    server: LiveServer, query: str
+) -> None:
+    answer = httpx.post(f"{server.url}/v1/predict?{query}", json={"instances": [BLANK]}, timeout=30)
+    assert answer.status_code == 422, answer.text
+
+
+@pytest.mark.parametrize(
+    "datatype", [["FP32"], {"type": "FP32"}, 32, None, True, "fp32", "BYTES"], ids=repr
+)
+def test_v2_datatype_of_any_json_type_is_a_400(server: LiveServer, datatype: object) -> None:
+    request = {"inputs": [{"name": "image", "shape": [1, 784], "datatype": datatype, "data": FLAT}]}
+    answer = httpx.post(server.url + "/v2/models/mnist/infer", json=request, timeout=30)
+    assert answer.status_code == 400, answer.text
+    assert "datatype" in answer.json()["error"]
+
+
+@pytest.mark.parametrize("header", ["²", "١٢", "1 2", "-5", "9" * 40, "0x10"])
+def test_v2_binary_header_that_is_not_a_length_is_a_400(server: LiveServer, header: str) -> None:
+    answer = httpx.post(
+        server.url + "/v2/models/mnist/infer",
+        content=v2(FLAT, shape=(1, 784)),
+        headers={"Inference-Header-Content-Length": header.encode()},
+        timeout=30,
+    )
+    assert answer.status_code == 400, answer.text
+
+
+@pytest.mark.parametrize("timeout", ["0", "abc", "²", "-5", "1e3", "9" * 40])
+def test_a_timeout_header_that_is_not_milliseconds_is_a_400(
+    server: LiveServer, timeout: str
+) -> None:
+    answer = httpx.post(
+        server.url + "/v1/predict",
+        json={"instances": [BLANK]},
+        headers={"X-Request-Timeout-Ms": timeout.encode()},
+        timeout=30,
+    )
+    assert answer.status_code == 400, answer.text
+    assert "x-request-timeout-ms" in answer.json()["error"]
