@@ -14,7 +14,6 @@ images first: throughput depends on the architecture, not on how well it was tra
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
@@ -23,11 +22,19 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from bench.harness import (  # noqa: E402
+    ensure_model,
+    in_process_ceiling,
+    request_body,
+    rss_mib,
+    served,
+)
+
 SCENARIOS = [
     # (name, images per request, concurrency)
     ("single", 1, 1),
@@ -35,84 +42,6 @@ SCENARIOS = [
     ("single", 1, 64),
     ("batch32", 32, 8),
 ]
-
-
-def ensure_model(repository: Path, data_dir: str | None) -> None:
-    if any((repository / "mnist").glob("[0-9]*")):
-        return
-    print(f"# no model in {repository}: training a quick one for the benchmark", file=sys.stderr)
-    command = [
-        sys.executable,
-        "-m",
-        "training",
-        "--model-repository",
-        str(repository),
-        "--limit",
-        "5000",
-        "--epochs",
-        "1",
-        "--no-reports",
-        "--quiet",
-    ]
-    if data_dir:
-        command += ["--data-dir", data_dir]
-    subprocess.run(command, check=True, stdout=sys.stderr)
-
-
-def request_body(images: int, data_dir: str | None) -> bytes:
-    """Real test digits, as a client would send them: 28x28 nested lists of integers."""
-    sys.path.insert(0, str(HERE.parent))
-    from training.data import load_mnist
-
-    digits = load_mnist(data_dir).test_images[:images]
-    return json.dumps({"instances": digits.tolist()}).encode()
-
-
-@contextlib.contextmanager
-def server(
-    repository: Path, port: int, core: str, batching: bool, access_log: bool = True
-) -> Iterator[str]:
-    """The service as users run it (defaults, access log included), its log in a temp file."""
-    env = {
-        **os.environ,
-        "MNIST_MODEL_REPOSITORY": str(repository),
-        "MNIST_PORT": str(port),
-        "MNIST_BATCHING": str(batching).lower(),
-        "MNIST_ACCESS_LOG": str(access_log).lower(),
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-    }
-    log_path = Path(tempfile.gettempdir()) / f"bench-server-{port}.log"
-    log = log_path.open("wb")
-    process = subprocess.Popen(
-        ["taskset", "-c", core, sys.executable, "-m", "service"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            with contextlib.suppress(OSError):
-                if urllib.request.urlopen(url + "/readyz", timeout=2).status == 200:
-                    break
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError(f"server on {port} did not become ready; see {log_path}")
-            time.sleep(0.2)
-        yield url
-        status = Path(f"/proc/{process.pid}/status").read_text()
-        rss_kib = int(
-            next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))
-        )
-        print(
-            f"server port={port} batching={'on' if batching else 'off'} "
-            f"peak_rss_mib={rss_kib / 1024:.0f}",
-            flush=True,
-        )
-    finally:
-        process.terminate()
-        process.wait(30)
-        log.close()
 
 
 def wrk(url: str, body_file: Path, concurrency: int, seconds: int, core: str) -> dict[str, float]:
@@ -138,37 +67,6 @@ def wrk(url: str, body_file: Path, concurrency: int, seconds: int, core: str) ->
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     summary: dict[str, float] = json.loads(output.strip().splitlines()[-1])
     return summary
-
-
-CEILING_CODE = """
-import time, numpy as np, tensorflow as tf
-from pathlib import Path
-model_dir = Path({model_dir!r})
-newest = max(int(p.name) for p in model_dir.iterdir() if p.name.isdigit())
-signature = tf.saved_model.load(str(model_dir / str(newest))).signatures["serving_default"]
-x = tf.constant(np.random.default_rng(0).integers(0, 256, ({batch}, 28, 28, 1)), tf.float32)
-for _ in range(20):
-    signature(image=x)
-calls, start = 0, time.perf_counter()
-while time.perf_counter() - start < {seconds}:
-    signature(image=x)["probabilities"].numpy()
-    calls += 1
-print(calls * {batch} / (time.perf_counter() - start))
-"""
-
-
-def in_process_ceiling(repository: Path, core: str, batch: int, seconds: float) -> float:
-    """Images/s of the SavedModel signature called directly, on the server's core(s)."""
-    code = CEILING_CODE.format(model_dir=str(repository / "mnist"), batch=batch, seconds=seconds)
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    result = subprocess.run(
-        ["taskset", "-c", core, sys.executable, "-c", code],
-        check=True,
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    return float(result.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -214,10 +112,16 @@ def main() -> None:
         )
 
     results: dict[tuple[str, int, bool], list[dict[str, float]]] = {}
+    log_on = str(args.access_log).lower()
     with (
-        server(args.model_repository, 18101, args.server_core, True, args.access_log) as on,
-        server(args.model_repository, 18102, args.server_core, False, args.access_log) as off,
+        served(
+            args.model_repository, 18101, args.server_core, batching="true", access_log=log_on
+        ) as server_on,
+        served(
+            args.model_repository, 18102, args.server_core, batching="false", access_log=log_on
+        ) as server_off,
     ):
+        on, off = server_on.url, server_off.url
         for name, images, concurrency in SCENARIOS:
             for url in (on, off):  # warm both
                 wrk(url, bodies[images], concurrency, 2, args.client_core)
@@ -237,6 +141,11 @@ def main() -> None:
                     f"errors={sum(r['errors'] for r in runs):.0f}",
                     flush=True,
                 )
+        for batching, handle in (("on", server_on), ("off", server_off)):
+            print(
+                f"server batching={batching} peak_rss_mib={rss_mib(handle.pid, 'VmHWM'):.0f}",
+                flush=True,
+            )
     shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -19,6 +19,7 @@ from service.errors import ServingError, error_response, handle_serving_error
 from service.health import router as health_router
 from service.metrics import Metrics, multiprocess_directory
 from service.middleware import RequestContextMiddleware
+from service.overload import OverloadGuard
 from service.protocols.admin import router as admin_router
 from service.protocols.native import router as native_router
 from service.protocols.tfserving import router as tfserving_router
@@ -97,7 +98,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
-    # Added first, so it runs inside the request context: refusals get an id, metrics and a log.
+    # Added first, so they run inside the request context: refusals get an id, metrics and a
+    # log. Keys are checked before overload: without a key, a client learns nothing more.
+    app.add_middleware(OverloadGuard, plane=plane)
     app.add_middleware(
         ApiKeyMiddleware, api_keys=settings.api_keys, admin_api_keys=settings.admin_api_keys
     )

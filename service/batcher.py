@@ -10,11 +10,12 @@ the rules below are tested with a fake model in microseconds.
   model is busy (at most `max_concurrent_batches` calls run at once, in worker threads so the event
   loop keeps accepting requests), the queue fills and the next batch is taken whole.
 - Admission is by time: a request is accepted only if the work queued ahead of it, and its own,
-  can be done within its time budget, estimated from the measured cost of the model's calls
-  (`service.cost`). Otherwise it is refused at once (`Overloaded`, 503 + Retry-After), so
-  overload turns into fast refusals while what is accepted is answered in time. `admit` makes
-  the same decision before a request's body is even read. The queue is also bounded by images,
-  as a memory guard.
+  can be done within its time budget and within `max_queue_delay` (so overload never builds a
+  standing queue that every later request must wait through), estimated from the measured cost
+  of the model's calls (`service.cost`). Otherwise it is refused at once (`Overloaded`, 503 +
+  Retry-After), so overload turns into fast refusals while what is accepted is answered in
+  time. `admit` makes the same decision before a request's body is even read. The queue is
+  also bounded by images, as a memory guard.
 - A caller that stops waiting (deadline passed, client gone, task cancelled) is forgotten at
   once: its images leave the queue's count and are dropped before they reach the model.
 - A model call that raises fails only the requests in that batch; the loop goes on. A call that
@@ -49,6 +50,11 @@ from service.errors import (
 )
 
 log = logging.getLogger("service.batcher")
+
+PLANNED_SHARE = 0.8
+"""Admission plans to answer within this share of a request's budget; the rest absorbs the
+estimate's error (under sustained overload the queue sits at the planned edge, and a plan of the
+whole budget sent ~2% of the accepted requests past it, measured with bench/overload.py)."""
 
 Array = npt.NDArray[np.float32]
 PredictFn = Callable[[Array], Array]
@@ -126,6 +132,7 @@ class DynamicBatcher:
         retry_after_seconds: int = 1,
         observer: BatchObserver | None = None,
         cost: CostModel | None = None,
+        max_queue_delay: float = math.inf,
     ) -> None:
         if max_batch_size < 1 or max_queue_images < 1 or max_concurrent_batches < 1:
             raise ValueError("batch size, queue size and concurrency must be positive")
@@ -137,10 +144,15 @@ class DynamicBatcher:
         self._retry_after = retry_after_seconds
         self._observer: BatchObserver = observer or NullObserver()
         self.cost = cost or CostModel()
+        self.max_queue_delay = max_queue_delay
         self._calls: dict[int, tuple[float, int]] = {}
         """Model calls running now: start time and images, by id."""
         self._queue: collections.deque[_Pending] = collections.deque()
         self._queued_images = 0
+        self._typical_request = 1.0
+        """Images per request lately (moving average): what `admit(None, ...)` assumes."""
+        self._busy_until = 0.0
+        """When the last model call ended, if requests were already waiting for the next."""
         self._arrived = asyncio.Event()
         self._slots = asyncio.Semaphore(max_concurrent_batches)
         self._executor = concurrent.futures.ThreadPoolExecutor(
@@ -196,8 +208,15 @@ class DynamicBatcher:
             return 0.0
         return time.monotonic() - min(started for started, _ in self._calls.values())
 
-    def admit(self, images: int, budget: float) -> None:
-        """Raise unless `images` can be queued now and answered within `budget` seconds."""
+    def admit(self, images: int | None, budget: float) -> None:
+        """Raise unless `images` can be queued now and answered within `budget` seconds.
+
+        `images` None: not known yet (the body is still unread); as many as requests lately
+        carried. Under overload most requests are then refused before their body is parsed,
+        which is what keeps the event loop's time for the requests that are accepted.
+        """
+        if images is None:
+            images = max(1, round(self._typical_request))
         if self._closing:
             self._observer.rejected("shutting_down")
             raise VersionUnloading(
@@ -211,12 +230,14 @@ class DynamicBatcher:
                 {"Retry-After": str(self._retry_after)},
             )
         wait = self.estimated_wait(images)
-        if wait > budget:
+        planned = min(budget * PLANNED_SHARE, self.max_queue_delay)
+        if wait > planned:
             self._observer.rejected("over_budget")
-            retry_after = max(self._retry_after, math.ceil(wait - budget))
+            retry_after = max(self._retry_after, math.ceil(wait - planned))
             raise Overloaded(
                 f"server overloaded: this request would be answered in about {wait * 1000:.0f} "
-                f"ms, past its {budget * 1000:.0f} ms budget; retry later",
+                f"ms; it may take {budget * 1000:.0f} ms and the queue may hold "
+                f"{self.max_queue_delay * 1000:.0f} ms of work; retry later",
                 {"Retry-After": str(retry_after)},
             )
 
@@ -232,6 +253,7 @@ class DynamicBatcher:
         when the caller's client has gone away (its images are then dropped).
         """
         count = len(images)
+        self._typical_request += 0.1 * (count - self._typical_request)
         self.admit(count, budget)
         loop = asyncio.get_running_loop()
         now = time.monotonic()
@@ -363,8 +385,14 @@ class DynamicBatcher:
                     if not s.request.future.done():
                         s.request.future.set_exception(failure)
                 return
-            seconds = time.monotonic() - started
-            self.cost.observe(len(inputs), seconds)
+            ended = time.monotonic()
+            seconds = ended - started
+            # While requests wait back to back, a batch costs the model call plus the event
+            # loop's work between calls (on the same core, decoding the next requests): what
+            # admission must plan with is the time from the previous call's end to this one's.
+            cycle = ended - max(self._busy_until, started) if self._busy_until else seconds
+            self.cost.observe(len(inputs), max(seconds, cycle))
+            self._busy_until = ended if self._queue else 0.0
             self._observer.batch_done(len(inputs), seconds)
             self._deliver(slices, outputs)
         finally:

@@ -34,6 +34,7 @@ from service.runtime import (
     LoadedModel,
     ModelLoadError,
     configure_tensorflow,
+    deprioritise_compute_threads,
     load_model,
     warm_up,
 )
@@ -187,7 +188,12 @@ class DataPlane:
         return (limit if requested_ms is None else min(requested_ms, limit)) / 1000
 
     def admit(
-        self, name: str, version: int | None, label: str | None, budget: float, images: int = 1
+        self,
+        name: str,
+        version: int | None,
+        label: str | None,
+        budget: float,
+        images: int | None = None,
     ) -> None:
         """Refuse now what could not be answered in time: before its body is read, a request
         costs microseconds to refuse; after, it has cost a parse."""
@@ -374,6 +380,7 @@ class DataPlane:
         configure_tensorflow(self.settings.tf_intra_op_threads, self.settings.tf_inter_op_threads)
         model = load_model(self.name, version, path)
         model.call_seconds = warm_up(model, (1, 2, 4, 8, 16, 32, self.settings.max_batch_size))
+        deprioritise_compute_threads(self.settings.model_thread_niceness)
         if self.settings.correctness_gate:
             check_correctness(model, self.settings.correctness_margin)
         model.load_seconds = time.monotonic() - started
@@ -402,4 +409,5 @@ class DataPlane:
             retry_after_seconds=settings.retry_after_seconds,
             observer=BatcherMetrics(self.metrics, self.name, model.version),
             cost=CostModel(model.call_seconds),
+            max_queue_delay=settings.max_queue_delay_ms / 1000,
         )

@@ -5,9 +5,9 @@ server that is shutting down."""
 from __future__ import annotations
 
 import logging
+import random
 import re
 import time
-import uuid
 from typing import Any, Protocol
 
 from starlette.routing import Match
@@ -129,6 +129,11 @@ async def _discard_body(receive: Receive) -> None:
             return
 
 
+# Matching every route again costs ~25 regex matches; refusals under overload repeat few paths.
+_TEMPLATES_CACHED = 1024
+_templates: dict[tuple[str, str], str] = {}
+
+
 def _route_template(scope: Scope) -> str:
     """The route's path template: set by routing, or found again for requests answered before
     routing (a missing API key, a refusal during shutdown) and for routes that do not record it
@@ -137,16 +142,26 @@ def _route_template(scope: Scope) -> str:
     template = getattr(route, "path", None)
     if template:
         return str(template)
-    app = scope.get("app")
-    for candidate in getattr(getattr(app, "router", None), "routes", ()):
-        match, _ = candidate.matches(scope)
-        if match != Match.NONE:
-            return str(getattr(candidate, "path", "unmatched"))
-    return "unmatched"
+    key = (scope["method"], scope["path"])
+    template = _templates.get(key)
+    if template is None:
+        template = "unmatched"
+        app = scope.get("app")
+        for candidate in getattr(getattr(app, "router", None), "routes", ()):
+            match, _ = candidate.matches(scope)
+            if match != Match.NONE:
+                template = str(getattr(candidate, "path", "unmatched"))
+                break
+        if len(_templates) >= _TEMPLATES_CACHED:  # paths are the client's: keep it bounded
+            _templates.clear()
+        _templates[key] = template
+    return template
 
 
 def _request_id(scope: Scope) -> str:
     for name, value in scope["headers"]:
         if name == REQUEST_ID_HEADER and _SAFE_ID.match(value):
             return str(value.decode())
-    return uuid.uuid4().hex
+    # Not uuid4: its os.urandom system call cost ~5% of the event loop under load, and a
+    # request id needs to be unique, not unpredictable.
+    return f"{random.getrandbits(128):032x}"

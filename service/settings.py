@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     """A request's time budget. It is admitted only if the work queued ahead of it and its own
     can be done within it (else 503 + Retry-After at once); past it, a queued request is dropped
     with 504. A client may ask for less with the `X-Request-Timeout-Ms` header."""
+    max_queue_delay_ms: float = Field(250, gt=0)
+    """The most work the queue may hold, in milliseconds of model time: a request that would
+    wait longer is refused at once (503 + Retry-After). Under overload this is the latency the
+    accepted requests see, and how long the server needs to recover once the overload ends."""
     max_request_images: int = Field(256, ge=1)
     """Most images one request may carry (larger batches get 422)."""
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
@@ -86,6 +90,9 @@ class Settings(BaseSettings):
     tf_intra_op_threads: int = Field(0, ge=0)
     """TensorFlow threads inside one op; 0 lets TensorFlow use every core it may run on."""
     tf_inter_op_threads: int = Field(0, ge=0)
+    model_thread_niceness: int = Field(10, ge=0, le=19)
+    """How much lower TensorFlow's compute threads are scheduled than request handling, so a
+    request (or a refusal) never waits for a batch's time slice; 0 leaves them equal."""
 
     @field_validator("model_versions", mode="before")
     @classmethod

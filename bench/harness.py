@@ -1,0 +1,141 @@
+"""What the benchmarks share: a model to serve, real request bodies, a served process pinned to a
+core, its memory, and the model's in-process ceiling."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def ensure_model(repository: Path, data_dir: str | None) -> None:
+    if any((repository / "mnist").glob("[0-9]*")):
+        return
+    print(f"# no model in {repository}: training a quick one for the benchmark", file=sys.stderr)
+    command = [
+        sys.executable,
+        "-m",
+        "training",
+        "--model-repository",
+        str(repository),
+        "--limit",
+        "5000",
+        "--epochs",
+        "1",
+        "--no-reports",
+        "--quiet",
+    ]
+    if data_dir:
+        command += ["--data-dir", data_dir]
+    subprocess.run(command, check=True, stdout=sys.stderr)
+
+
+def request_body(images: int, data_dir: str | None) -> bytes:
+    """Real test digits, as a client would send them: 28x28 nested lists of integers."""
+    sys.path.insert(0, str(HERE.parent))
+    from training.data import load_mnist
+
+    digits = load_mnist(data_dir).test_images[:images]
+    return json.dumps({"instances": digits.tolist()}).encode()
+
+
+@dataclass(frozen=True)
+class Served:
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+def rss_mib(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory of a process (VmHWM: its peak), in MiB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    kib = int(next(line.split()[1] for line in status.splitlines() if line.startswith(field)))
+    return kib / 1024
+
+
+@contextlib.contextmanager
+def served(
+    repository: Path, port: int, core: str, wait_ready: bool = True, **settings: str
+) -> Iterator[Served]:
+    """`mnist-serve` as users run it (defaults, access log on) with `MNIST_<KEY>` overrides,
+    pinned to `core`, its log in a temp file; stopped with SIGTERM at the end."""
+    env = {
+        **os.environ,
+        "MNIST_MODEL_REPOSITORY": str(repository),
+        "MNIST_PORT": str(port),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        **{f"MNIST_{key.upper()}": value for key, value in settings.items()},
+    }
+    log_path = Path(tempfile.gettempdir()) / f"bench-server-{port}.log"
+    log = log_path.open("wb")
+    process = subprocess.Popen(
+        ["taskset", "-c", core, sys.executable, "-m", "service"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while wait_ready:
+            with contextlib.suppress(OSError):
+                if urllib.request.urlopen(url + "/readyz", timeout=2).status == 200:
+                    break
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError(f"server on {port} did not become ready; see {log_path}")
+            time.sleep(0.2)
+        yield Served(url, process, log_path)
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        log.close()
+
+
+CEILING_CODE = """
+import time, numpy as np, tensorflow as tf
+from pathlib import Path
+model_dir = Path({model_dir!r})
+newest = max(int(p.name) for p in model_dir.iterdir() if p.name.isdigit())
+signature = tf.saved_model.load(str(model_dir / str(newest))).signatures["serving_default"]
+x = tf.constant(np.random.default_rng(0).integers(0, 256, ({batch}, 28, 28, 1)), tf.float32)
+for _ in range(20):
+    signature(image=x)
+calls, start = 0, time.perf_counter()
+while time.perf_counter() - start < {seconds}:
+    signature(image=x)["probabilities"].numpy()
+    calls += 1
+print(calls * {batch} / (time.perf_counter() - start))
+"""
+
+
+def in_process_ceiling(repository: Path, core: str, batch: int, seconds: float) -> float:
+    """Images/s of the SavedModel signature called directly, on the server's core(s)."""
+    code = CEILING_CODE.format(model_dir=str(repository / "mnist"), batch=batch, seconds=seconds)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    result = subprocess.run(
+        ["taskset", "-c", core, sys.executable, "-c", code],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    return float(result.stdout.strip().splitlines()[-1])

@@ -1,0 +1,54 @@
+"""Refusing inference requests under overload before any routing, as plain ASGI.
+
+Under overload most requests are refused, and what a refusal costs is taken from the requests
+being answered: the server's one core runs the event loop and the model. The routes already
+refuse before reading a body (`service.protocols.admission`); this does the same decision ahead
+of FastAPI's routing, dependency and exception layers, which cost about as much again as the
+refusal itself. It applies when one version serves (the common case), where every inference
+route would land on the same queue; with several versions the routes decide.
+"""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from service.dataplane import DataPlane
+from service.errors import ServingError, error_response
+from service.params import parse_decimal
+
+INFERENCE_PATH_ENDS = (":predict", "/infer", "/v1/predict", "/v1/predict/image")
+_TIMEOUT_HEADER = b"x-request-timeout-ms"
+
+
+class OverloadGuard:
+    def __init__(self, app: ASGIApp, plane: DataPlane) -> None:
+        self.app = app
+        self.plane = plane
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "POST"
+            and scope["path"].endswith(INFERENCE_PATH_ENDS)
+            and len(self.plane.served) == 1
+        ):
+            budget = self._budget(scope)
+            if budget is not None:
+                (served,) = self.plane.served.values()
+                try:
+                    served.batcher.admit(None, budget)
+                except ServingError as refusal:
+                    response = error_response(
+                        refusal.status, refusal.message, refusal.code, refusal.headers
+                    )
+                    await response(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+    def _budget(self, scope: Scope) -> float | None:
+        """The request's budget; None for a header the route must refuse (400) itself."""
+        for name, value in scope["headers"]:
+            if name == _TIMEOUT_HEADER:
+                milliseconds = parse_decimal(value.decode("latin-1").strip(), 9)
+                return self.plane.budget(milliseconds) if milliseconds else None
+        return self.plane.budget()

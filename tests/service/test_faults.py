@@ -1,0 +1,173 @@
+"""Faults on a real server: a model call that raises or hangs, clients that hang up, a worker
+killed under load, many hot reloads. The misbehaving model is a real SavedModel whose graph
+raises or spins on demand (tests/fault_model.py)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import LiveServer, copy_version
+from tests.fault_model import HANG_PIXEL, RAISE_PIXEL, export_faulty_version
+from tests.service.test_server import metric, scrape
+
+Start = Callable[..., LiveServer]
+
+
+@pytest.fixture(scope="module")
+def faulty_repository(trained_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repository = tmp_path_factory.mktemp("faulty")
+    export_faulty_version(trained_repository / "mnist" / "1", repository)
+    return repository
+
+
+def images(count: int, first_pixel: float = 0.0, second_pixel: float = 0.0) -> dict[str, object]:
+    batch = np.zeros((count, 28, 28), np.float32)
+    batch[0, 0, 0], batch[0, 0, 1] = first_pixel, second_pixel
+    return {"instances": batch.tolist()}
+
+
+def hang(seconds: float) -> dict[str, object]:
+    return images(1, HANG_PIXEL, seconds * 100)
+
+
+def test_a_failing_model_call_fails_only_its_batch(
+    start_server: Start, faulty_repository: Path
+) -> None:
+    server = start_server(faulty_repository)
+    with server.client() as client:
+        failed = client.post("/v1/predict", json=images(1, RAISE_PIXEL))
+        assert failed.status_code == 500
+        assert failed.json()["code"] == "inference_failed"
+        assert failed.headers["x-request-id"]
+        assert client.post("/v1/predict", json=images(2)).status_code == 200
+        assert client.get("/readyz").status_code == 200
+
+
+def test_a_hung_model_call_times_out_refuses_newcomers_fast_and_recovers(
+    start_server: Start, faulty_repository: Path
+) -> None:
+    server = start_server(faulty_repository)  # defaults: 1 s budget
+    with concurrent.futures.ThreadPoolExecutor(1) as pool, server.client() as client:
+        stuck = pool.submit(client.post, "/v1/predict", json=hang(2.5))
+        time.sleep(1.2)
+        started = time.monotonic()
+        newcomer = client.post("/v1/predict", json=images(1))
+        refused_in = time.monotonic() - started
+        assert newcomer.status_code == 503, newcomer.text
+        assert newcomer.headers["retry-after"]
+        assert refused_in < 0.2
+        assert client.get("/readyz").status_code == 503  # stalled past the budget
+        assert client.get("/healthz").status_code == 200
+        assert stuck.result().status_code == 504
+        deadline = time.monotonic() + 10
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "not ready again after the hang ended"
+            time.sleep(0.1)
+        assert client.post("/v1/predict", json=images(1)).status_code == 200
+
+
+def test_clients_that_hang_up_are_dropped_before_the_model(
+    start_server: Start, faulty_repository: Path
+) -> None:
+    server = start_server(
+        faulty_repository, MNIST_REQUEST_TIMEOUT_MS="10000", MNIST_MAX_QUEUE_DELAY_MS="10000"
+    )
+    before = scrape(server)
+    with concurrent.futures.ThreadPoolExecutor(11) as pool:
+        blocker = pool.submit(httpx.post, server.url + "/v1/predict", json=hang(1.5), timeout=30)
+        time.sleep(0.3)
+
+        def hang_up(_: int) -> str:
+            try:
+                httpx.post(server.url + "/v1/predict", json=images(4), timeout=0.3)
+            except httpx.TimeoutException:
+                return "gave up"
+            return "answered"
+
+        outcomes = list(pool.map(hang_up, range(10)))
+        assert blocker.result().status_code == 200
+    assert outcomes == ["gave up"] * 10
+    time.sleep(0.3)
+    after = scrape(server)
+    grew = metric(after, "requests_dropped_total", reason="client_disconnected") - metric(
+        before, "requests_dropped_total", reason="client_disconnected"
+    )
+    assert grew == 10
+    # Only the blocker's image reached the model: none of the 40 images of the departed.
+    classified = metric(after, "predictions_total") - metric(before, "predictions_total")
+    assert classified == 1
+    assert metric(after, "inference_queue_depth", version="1") == 0
+
+
+def workers_of(pid: int) -> list[int]:
+    """uvicorn's worker processes (multiprocessing's resource tracker is a child too)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            with contextlib.suppress(OSError):
+                if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    found.append(int(child))
+    return found
+
+
+def test_a_killed_worker_is_replaced_and_its_live_gauges_leave_the_metrics(
+    start_server: Start, trained_repository: Path, tmp_path: Path
+) -> None:
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    server = start_server(
+        trained_repository, MNIST_WORKERS="2", PROMETHEUS_MULTIPROC_DIR=str(metrics_dir)
+    )
+    workers = workers_of(server.process.pid)
+    assert len(workers) == 2
+    for _ in range(20):
+        assert httpx.post(server.url + "/v1/predict", json=images(1)).status_code == 200
+    victim = workers[0]
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while True:  # the survivor answers throughout; readiness returns once a new worker is up
+        answer = httpx.post(server.url + "/v1/predict", json=images(1), timeout=30)
+        assert answer.status_code in (200, 503), answer.text
+        replaced = len(set(workers_of(server.process.pid)) - set(workers)) == 1
+        if replaced and httpx.get(server.url + "/readyz").status_code == 200:
+            break
+        assert time.monotonic() < deadline, "the killed worker was not replaced"
+        time.sleep(0.2)
+    text = scrape(server)
+    assert f'pid="{victim}"' not in text  # liveall gauges (model_info) of the dead worker
+    assert not list(metrics_dir.glob(f"gauge_live*_{victim}.db"))
+    assert metric(text, "model_info", model="mnist", version="1") == 2  # the two live workers
+
+
+def test_memory_stays_flat_over_many_reloads(
+    start_server: Start, trained_repository: Path, tmp_path: Path
+) -> None:
+    repository = tmp_path / "repository"
+    copy_version(trained_repository, repository, 1)
+    server = start_server(repository, MNIST_MODEL_POLL_SECONDS="3600")
+    model_dir = repository / "mnist"
+
+    def rss_mib() -> float:
+        status = Path(f"/proc/{server.process.pid}/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if "VmRSS" in line)) / 1024
+
+    samples = []
+    with server.client() as client:
+        for version in range(2, 27):
+            copy_version(trained_repository, repository, version)
+            shutil.rmtree(model_dir / str(version - 1))
+            assert client.post("/v1/admin/reload").json()["served_versions"] == [version]
+            samples.append(rss_mib())
+    growth = samples[-1] - samples[4]
+    assert growth < 8, f"RSS grew {growth:.1f} MiB over 20 reloads after warm-up: {samples}"
