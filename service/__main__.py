@@ -7,6 +7,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Sequence
+from typing import Any
 
 from fastapi import FastAPI
 from pydantic import ValidationError
@@ -14,6 +15,8 @@ from pydantic import ValidationError
 from service.logs import configure_logging
 from service.metrics import MULTIPROC_ENV
 from service.settings import ENV_PREFIX, load_settings
+
+APP = "service.__main__:app_factory"
 
 # Flag name -> Settings field, for the flags that are plain settings.
 FLAGS: dict[str, str] = {
@@ -84,19 +87,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import uvicorn
 
-    uvicorn.run(
-        "service.__main__:app_factory",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        log_level=settings.log_level,
-        log_config=None,
-        access_log=False,
-        backlog=4096,
+    options: dict[str, Any] = {
+        "factory": True,
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "log_config": None,
+        "access_log": False,
+        "backlog": 4096,
         # After the drain grace period: how long accepted requests may take to finish.
-        timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
-    )
+        "timeout_graceful_shutdown": int(settings.shutdown_timeout_seconds),
+    }
+    if settings.workers > 1:
+        # uvicorn's supervisor builds each worker's server itself: the plain uvicorn shutdown.
+        uvicorn.run(APP, workers=settings.workers, **options)
+    else:
+        from service.shutdown import LingeringServer
+
+        LingeringServer(uvicorn.Config(APP, **options)).run()
     return 0
 
 

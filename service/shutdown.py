@@ -8,6 +8,9 @@ the lifespan shutdown, where every batcher answers what it queued. A second sign
 
 uvicorn installs its SIGTERM/SIGINT handlers with `signal.signal` before the app starts, so the
 lifespan can wrap them; each worker process does this for itself.
+
+From the signal on, every response carries `Connection: close` (service.middleware), so clients
+open their next request elsewhere instead of reusing a connection about to be closed under it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import signal
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
+
+import uvicorn
 
 log = logging.getLogger("service.shutdown")
 
@@ -65,3 +70,27 @@ class GracefulShutdown:
         self.refusing = True
         log.info("grace period over: refusing new requests, finishing accepted ones")
         original(sig, None)
+
+
+LINGER_SECONDS = 0.3
+
+
+class LingeringServer(uvicorn.Server):
+    """uvicorn's server, with a pause between "stop accepting" and "close idle connections".
+
+    uvicorn closes the listening socket and every idle connection in one step. A client that
+    had just connected, and sent its request, then loses it: the connection is closed before
+    the request was read, and the client cannot tell whether it ran (SIGTERM under load lost
+    0-3 requests a run, bench/shutdown.py). Closing the listener first makes new connections
+    fail cleanly (refused: nothing was sent), and the pause lets requests already on accepted
+    connections arrive and be answered (a 503 with `Connection: close`) before the rest of
+    uvicorn's shutdown runs.
+    """
+
+    async def shutdown(self, sockets: list[Any] | None = None) -> None:
+        for server in self.servers:
+            server.close()
+        for sock in sockets or []:
+            sock.close()
+        await asyncio.sleep(LINGER_SECONDS)
+        await super().shutdown(sockets)
