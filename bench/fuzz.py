@@ -44,8 +44,9 @@ def main() -> None:
     started = time.monotonic()
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     output = result.stdout + result.stderr
-    examples = sum(int(n) for n in re.findall(r"(\d+) passing examples", output))
-    failing = sum(int(n) for n in re.findall(r"(\d+) failing examples", output))
+    counts = re.findall(r"(\d+) passing, (\d+) failing", output)
+    examples = sum(int(passing) for passing, _ in counts)
+    failing = sum(int(failed) for _, failed in counts)
     tests = re.search(r"(\d+) passed", output)
     print(
         f"# {time.strftime('%Y-%m-%d')} fuzz examples_per_operation={args.examples} "

@@ -234,10 +234,14 @@ class DynamicBatcher:
         if wait > planned:
             self._observer.rejected("over_budget")
             retry_after = max(self._retry_after, math.ceil(wait - planned))
+            limit = (
+                f"too late for its {budget * 1000:.0f} ms budget"
+                if planned < self.max_queue_delay
+                else f"past the {self.max_queue_delay * 1000:.0f} ms of work the queue may hold"
+            )
             raise Overloaded(
                 f"server overloaded: this request would be answered in about {wait * 1000:.0f} "
-                f"ms; it may take {budget * 1000:.0f} ms and the queue may hold "
-                f"{self.max_queue_delay * 1000:.0f} ms of work; retry later",
+                f"ms, {limit}; retry later",
                 {"Retry-After": str(retry_after)},
             )
 

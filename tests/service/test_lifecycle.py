@@ -273,3 +273,10 @@ def test_api_keys_guard_predictions_and_admin_but_not_probes(
     logs = server.logs()
     assert "user-secret-1" not in logs
     assert "admin-secret-2" not in logs
+    # Refused before routing, yet counted under the route the client asked for.
+    assert httpx.get(url + "/docs").status_code == 200
+    metrics = httpx.get(url + "/metrics").text
+    assert metric(metrics, "http_requests_total", route="/v1/predict", status="401") == 3
+    assert metric(metrics, "http_requests_total", route="/v1/admin/reload", status="403") == 1
+    assert metric(metrics, "http_requests_total", route="/docs", status="200") == 1
+    assert metric(metrics, "http_requests_total", route="unmatched", status="401") == 1
