@@ -16,7 +16,7 @@ import hmac
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.errors import Forbidden, ServingError, Unauthenticated, error_response
+from service.errors import Forbidden, ServingError, Unauthenticated, send_error
 
 OPEN_PATHS = frozenset(
     {
@@ -68,10 +68,7 @@ class ApiKeyMiddleware:
             try:
                 self._check(scope)
             except ServingError as refusal:
-                response = error_response(
-                    refusal.status, refusal.message, refusal.code, refusal.headers
-                )
-                await response(scope, receive, send)
+                await send_error(refusal, scope, receive, send)
                 return
         await self.app(scope, receive, send)
 

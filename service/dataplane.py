@@ -129,16 +129,19 @@ class DataPlane:
 
     @property
     def ready(self) -> bool:
-        """This worker can answer, and so can every other worker of the server."""
-        return self._can_answer() and self.workers.all_ready()
+        """This worker can answer now (serving, and no model call stuck past the budget), and
+        every other worker of the server is serving."""
+        return self._serving() and not self._stalled() and self.workers.all_ready()
 
-    def _can_answer(self) -> bool:
-        budget = self.settings.request_timeout_ms / 1000
-        stalled = any(s.batcher.longest_call() > budget for s in self.served.values())
-        return bool(self.served) and not self.draining and not stalled
+    def _serving(self) -> bool:
+        return bool(self.served) and not self.draining
+
+    def _stalled(self) -> bool:
+        budget = self.budget()
+        return any(s.batcher.longest_call() > budget for s in self.served.values())
 
     def _publish_readiness(self) -> None:
-        self.workers.set_ready(self._can_answer())
+        self.workers.set_ready(self._serving())
 
     @property
     def default_version(self) -> int | None:

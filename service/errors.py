@@ -14,6 +14,7 @@ from typing import ClassVar
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 log = logging.getLogger("service.errors")
 
@@ -80,6 +81,11 @@ class VersionUnloading(ModelNotReady):
     """The version's batcher is closing (a reload or shutdown took it out of service)."""
 
 
+class ShuttingDown(ServingError):
+    status = 503
+    code = "shutting_down"
+
+
 class Overloaded(ServingError):
     """The queue is full: refuse at once rather than let latency grow without bound."""
 
@@ -122,6 +128,12 @@ def error_response(
         media_type="application/json",
         headers=headers,
     )
+
+
+async def send_error(exc: ServingError, scope: Scope, receive: Receive, send: Send) -> None:
+    """Answer with `exc` from ASGI middleware that refuses a request before any routing."""
+    response = error_response(exc.status, exc.message, exc.code, exc.headers)
+    await response(scope, receive, send)
 
 
 async def handle_serving_error(request: Request, exc: Exception) -> Response:

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import error_response
+from service.errors import ServingError, ShuttingDown, send_error
 from service.metrics import Metrics
 
 log = logging.getLogger("service.middleware")
@@ -85,13 +85,10 @@ class RequestContextMiddleware:
 
         try:
             if self.shutdown.refusing and scope["path"] not in OPEN_WHILE_DRAINING:
-                response = error_response(
-                    503,
-                    "server is shutting down; retry on another replica",
-                    "shutting_down",
-                    {"Retry-After": "1"},
+                refusal = ShuttingDown(
+                    "server is shutting down; retry on another replica", {"Retry-After": "1"}
                 )
-                await response(scope, receive_tracked, send_with_id)
+                await send_error(refusal, scope, receive_tracked, send_with_id)
             else:
                 await self.app(scope, receive_tracked, send_with_id)
         except Exception:
@@ -99,8 +96,9 @@ class RequestContextMiddleware:
             # without the request id; answer here so every response carries it.
             log.exception("unhandled error on %s %s", scope["method"], scope["path"])
             if not response_started:
-                response = error_response(500, "internal server error", "internal")
-                await response(scope, receive_tracked, send_with_id)
+                await send_error(
+                    ServingError("internal server error"), scope, receive, send_with_id
+                )
         finally:
             elapsed = time.perf_counter() - started
             template = _route_template(scope)

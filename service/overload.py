@@ -13,7 +13,7 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.dataplane import DataPlane
-from service.errors import ServingError, error_response
+from service.errors import ServingError, send_error
 from service.params import parse_decimal
 
 INFERENCE_PATH_ENDS = (":predict", "/infer", "/v1/predict", "/v1/predict/image")
@@ -38,10 +38,7 @@ class OverloadGuard:
                 try:
                     served.batcher.admit(None, budget)
                 except ServingError as refusal:
-                    response = error_response(
-                        refusal.status, refusal.message, refusal.code, refusal.headers
-                    )
-                    await response(scope, receive, send)
+                    await send_error(refusal, scope, receive, send)
                     return
         await self.app(scope, receive, send)
 

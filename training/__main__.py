@@ -131,9 +131,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
     # Imported late: TensorFlow takes seconds to import, argument errors should not wait for it.
+    from training.export import ExportFailed
     from training.train import run
 
-    result = run(config, splits)
+    try:
+        result = run(config, splits)
+    except ExportFailed as exc:
+        print(f"mnist-train: {exc}", file=sys.stderr)
+        return 1
     evaluation = result.evaluation
     print(
         "\n".join(

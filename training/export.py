@@ -110,25 +110,42 @@ def publish(staging: Path, model_dir: Path) -> tuple[int, Path]:
     raise RuntimeError(f"could not find a free version number in {model_dir}")
 
 
+class ExportFailed(RuntimeError):
+    """The version could not be written (a full disk, a read-only mount); nothing was published."""
+
+
 def export_version(
     model: keras.Model,
     model_dir: Path,
     metadata: dict[str, Any],
     write_extras: Callable[[Path], None] | None = None,
 ) -> tuple[int, Path]:
-    """Write the SavedModel, `metadata.json` and any extras (reports), then publish atomically."""
-    with staging_directory(model_dir) as staging:
-        save_serving_model(model, staging)
-        if write_extras is not None:
-            write_extras(staging)
-        metadata = {
-            **metadata,
-            "signature_name": SIGNATURE_NAME,
-            "input": INPUT_SPEC,
-            "output": OUTPUT_SPEC,
-        }
-        (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
-        return publish(staging, model_dir)
+    """Write the SavedModel, `metadata.json` and any extras (reports), then publish atomically.
+
+    A write that fails (TensorFlow reports it as its own error type, Python as `OSError`) is
+    `ExportFailed`; the staging directory is removed on the way out, so nothing half-written
+    is ever left in the repository.
+    """
+    import tensorflow as tf
+
+    try:
+        with staging_directory(model_dir) as staging:
+            save_serving_model(model, staging)
+            if write_extras is not None:
+                write_extras(staging)
+            metadata = {
+                **metadata,
+                "signature_name": SIGNATURE_NAME,
+                "input": INPUT_SPEC,
+                "output": OUTPUT_SPEC,
+            }
+            (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+            return publish(staging, model_dir)
+    except (OSError, tf.errors.OpError) as exc:
+        reason = exc.message if isinstance(exc, tf.errors.OpError) else str(exc)
+        raise ExportFailed(
+            f"could not write the model into {model_dir}: {reason.strip()}; nothing was published"
+        ) from exc
 
 
 def _fsync_dir(path: Path) -> None:

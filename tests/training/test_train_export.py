@@ -67,3 +67,33 @@ def test_publish_skips_a_version_taken_meanwhile(tmp_path: Path) -> None:
         version, path = export.publish(staging, model_dir)
     assert version == 2
     assert json.loads((path / "metadata.json").read_text())["version"] == 2
+
+
+def test_a_full_disk_during_export_fails_cleanly_and_publishes_nothing(tmp_path: Path) -> None:
+    """The real CLI, with the kernel refusing writes past 64 KiB (RLIMIT_FSIZE: the same failed
+    write a full disk gives): a clear error, a non-zero exit, no version, no staging left."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    def small_disk() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
+
+    repository = tmp_path / "models"
+    result = subprocess.run(
+        [sys.executable, "-m", "training", "--model-repository", str(repository),
+         "--limit", "300", "--epochs", "1", "--no-reports", "--quiet", "--no-augment",
+         "--blocks", "1", "--filters", "16", "--dense-units", "64"],
+        capture_output=True, text=True, preexec_fn=small_disk, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("mnist-train: could not write the model into"), last
+    assert "File too large" in last
+    assert "nothing was published" in last
+    model_dir = repository / "mnist"
+    left = sorted(p.name for p in model_dir.iterdir()) if model_dir.exists() else []
+    assert left == [], left
