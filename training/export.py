@@ -142,7 +142,9 @@ def export_version(
             (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
             return publish(staging, model_dir)
     except (OSError, tf.errors.OpError) as exc:
-        reason = exc.message if isinstance(exc, tf.errors.OpError) else str(exc)
+        reason = str(exc)
+        if isinstance(exc, tf.errors.OpError):  # "{{function_node ...}} <file>; <why> [Op:X]"
+            reason = exc.message.rsplit("; ", 1)[-1].split(" [Op:")[0]
         raise ExportFailed(
             f"could not write the model into {model_dir}: {reason.strip()}; nothing was published"
         ) from exc
