@@ -18,6 +18,7 @@ DECAY = 0.98
 class CostModel:
     def __init__(self, seed: list[tuple[int, float]] | None = None) -> None:
         self._w = self._n = self._nn = self._t = self._nt = 0.0
+        self._fitted = (0.0, 0.0)
         for size, seconds in seed or []:
             self.observe(size, seconds)
 
@@ -28,9 +29,14 @@ class CostModel:
         self._nn = self._nn * d + size * size
         self._t = self._t * d + seconds
         self._nt = self._nt * d + size * seconds
+        self._fitted = self._fit()
 
     def coefficients(self) -> tuple[float, float]:
-        """(seconds per call, seconds per image), both non-negative."""
+        """(seconds per call, seconds per image), both non-negative; refitted once per call
+        observed, read on every admission decision."""
+        return self._fitted
+
+    def _fit(self) -> tuple[float, float]:
         if self._w == 0:
             return 0.0, 0.0
         spread = self._w * self._nn - self._n * self._n
