@@ -406,7 +406,7 @@ class DynamicBatcher:
             # While requests wait back to back, a batch costs the model call plus the event
             # loop's work between calls (on the same core, decoding the next requests): what
             # admission must plan with is the time from the previous call's end to this one's.
-            cycle = ended - max(self._busy_until, started) if self._busy_until else seconds
+            cycle = ended - self._busy_until if self._busy_until else seconds
             self.cost.observe(len(inputs), max(seconds, cycle))
             self._busy_until = ended if self._queue else 0.0
             self._observer.batch_done(len(inputs), seconds)
