@@ -14,10 +14,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.dataplane import DataPlane
 from service.errors import ServingError, send_error
-from service.params import parse_decimal
+from service.params import TIMEOUT_HEADER, parse_timeout_ms
 
 INFERENCE_PATH_ENDS = (":predict", "/infer", "/v1/predict", "/v1/predict/image")
-_TIMEOUT_HEADER = b"x-request-timeout-ms"
+_TIMEOUT_HEADER = TIMEOUT_HEADER.encode()
 
 
 class OverloadGuard:
@@ -46,6 +46,6 @@ class OverloadGuard:
         """The request's budget; None for a header the route must refuse (400) itself."""
         for name, value in scope["headers"]:
             if name == _TIMEOUT_HEADER:
-                milliseconds = parse_decimal(value.decode("latin-1").strip(), 9)
-                return self.plane.budget(milliseconds) if milliseconds else None
+                milliseconds = parse_timeout_ms(value.decode("latin-1"))
+                return None if milliseconds is None else self.plane.budget(milliseconds)
         return self.plane.budget()

@@ -53,6 +53,15 @@ def parse_label(text: str, *, in_path: bool = True) -> str:
     raise ModelNotFound(message) if in_path else InvalidInput(message)
 
 
+TIMEOUT_HEADER = "x-request-timeout-ms"
+"""A client's own time budget in milliseconds; the server's `request_timeout_ms` caps it."""
+
+
+def parse_timeout_ms(value: str) -> int | None:
+    """The `X-Request-Timeout-Ms` value: positive whole milliseconds, else None."""
+    return parse_decimal(value.strip(), 9) or None
+
+
 def parse_length_header(name: str, value: str) -> int:
     """A byte count from a header such as Content-Length; 400 when it is not one."""
     length = parse_decimal(value.strip(), MAX_VERSION_DIGITS)

@@ -15,19 +15,16 @@ from starlette.requests import Request
 
 from service.dataplane import DataPlane, Inference
 from service.errors import MalformedRequest
-from service.params import parse_decimal, shown
+from service.params import TIMEOUT_HEADER, parse_timeout_ms, shown
 from service.protocols.body import plane_of
-
-TIMEOUT_HEADER = "x-request-timeout-ms"
-"""A client's own budget in milliseconds; the server's `request_timeout_ms` caps it."""
 
 
 def request_budget(request: Request, plane: DataPlane) -> float:
     raw = request.headers.get(TIMEOUT_HEADER)
     if raw is None:
         return plane.budget()
-    milliseconds = parse_decimal(raw.strip(), 9)
-    if not milliseconds:
+    milliseconds = parse_timeout_ms(raw)
+    if milliseconds is None:
         raise MalformedRequest(
             f"{TIMEOUT_HEADER} must be a positive whole number of milliseconds, got {shown(raw)}"
         )
