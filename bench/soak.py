@@ -1,5 +1,5 @@
-"""Soak: steady load for minutes with a new model version every 30 s. Memory must stay flat
-and every request must be answered.
+"""Soak: steady load for minutes with a new model version every 30 s (`--reload-every`).
+Memory must stay flat and every request must be answered.
 
 The server (pinned to one core) serves a repository of its own and finds each new version by
 itself (its poller, every 2 s, as in production); the old version is removed at the same time.
@@ -32,7 +32,14 @@ HOST = "127.0.0.1"
 
 
 async def soak(
-    port: int, pid: int, request: bytes, rate: float, seconds: float, source: Path, model_dir: Path
+    port: int,
+    pid: int,
+    request: bytes,
+    rate: float,
+    seconds: float,
+    reload_every: float,
+    source: Path,
+    model_dir: Path,
 ) -> tuple[list[tuple[float, float]], list[float], list[object]]:
     rss: list[tuple[float, float]] = []
     reloads: list[float] = []
@@ -43,17 +50,19 @@ async def soak(
             rss.append((elapsed, rss_mib(pid)))
             await asyncio.sleep(1)
 
-    async def reload_every_30s() -> None:
+    async def reload_periodically() -> None:
         version = 1
-        while time.monotonic() - started + 30 < seconds:
-            await asyncio.sleep(30)
+        while reload_every and time.monotonic() - started + reload_every < seconds:
+            await asyncio.sleep(reload_every)
             version += 1
             await asyncio.to_thread(publish, source, model_dir, version)
             await asyncio.to_thread(shutil.rmtree, model_dir / str(version - 1))
             reloads.append(time.monotonic() - started)
 
     generator = OpenLoop(HOST, port, request)
-    outcomes, *_ = await asyncio.gather(generator.run(rate, seconds), sample(), reload_every_30s())
+    outcomes, *_ = await asyncio.gather(
+        generator.run(rate, seconds), sample(), reload_periodically()
+    )
     await generator.close()
     return rss, reloads, outcomes
 
@@ -82,6 +91,9 @@ def main() -> None:
     parser.add_argument("--data-dir", default=os.environ.get("MNIST_DIR"))
     parser.add_argument("--minutes", type=float, default=10)
     parser.add_argument("--rate", type=float, default=300, help="requests per second")
+    parser.add_argument(
+        "--reload-every", type=float, default=30, help="seconds between new versions (0: none)"
+    )
     parser.add_argument("--output", type=Path, default=Path("bench-results"))
     args = parser.parse_args()
     os.sched_setaffinity(0, {0})
@@ -96,19 +108,21 @@ def main() -> None:
     seconds = args.minutes * 60
     print(
         f"# {time.strftime('%Y-%m-%d')} soak {args.minutes:g} min, {args.rate:g} single-image "
-        "requests/s open-loop, a new version every 30 s",
+        f"requests/s open-loop, a new version every {args.reload_every:g} s (0: none)",
         flush=True,
     )
     with served(repository, port, "1") as server:
         rss, reloads, outcomes = asyncio.run(
-            soak(port, server.pid, request, args.rate, seconds, source, model_dir)
+            soak(
+                port, server.pid, request, args.rate, seconds, args.reload_every, source, model_dir
+            )
         )
     statuses = collections.Counter(o.status for o in outcomes)  # type: ignore[attr-defined]
     latencies = [o.latency * 1000 for o in outcomes if o.status == 200]  # type: ignore[attr-defined]
     warm = [m for t, m in rss if t >= 60] or [m for _, m in rss]
     args.output.mkdir(parents=True, exist_ok=True)
     png = args.output / "soak_rss.png"
-    plot(rss, reloads, png, f"RSS over a {args.minutes:g}-minute soak, new version every 30 s")
+    plot(rss, reloads, png, f"RSS over a {args.minutes:g}-minute soak, {len(reloads)} new versions")
     print(
         f"soak minutes={args.minutes:g} reloads={len(reloads)} requests={len(outcomes)} "
         f"statuses={dict(sorted(statuses.items()))} p50_ms={percentile(latencies, 50):.2f} "
