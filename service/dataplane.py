@@ -306,6 +306,8 @@ class DataPlane:
                 self._publish_readiness()
 
     async def _sync(self) -> None:
+        """Load what the policy wants, unload what it no longer does; then one heap collection
+        for the whole change (see `refreeze_heap`), not one per load and one per unload."""
         try:
             on_disk = self.repository.versions()
         except RepositoryUnavailable as exc:
@@ -315,9 +317,11 @@ class DataPlane:
             log.error("model repository unreadable, keeping the served versions: %s", exc)
             return
         wanted = self._wanted(on_disk)
+        loaded_any = False
         for version in sorted(set(wanted) - set(self.served), reverse=True):
             loaded = await self._load(version)
             if loaded is not None:
+                loaded_any = True
                 self.served = {**self.served, version: loaded}
                 self.metrics.model_info.labels(self.name, str(version)).set(1)
         if not wanted and not on_disk:
@@ -332,7 +336,10 @@ class DataPlane:
             for served in leaving:
                 log.info("unloading model '%s' version %d", self.name, served.version)
             await asyncio.gather(*(self._unload(s) for s in leaving))
-            del served, leaving
+            del served
+        changed = loaded_any or bool(leaving)
+        del leaving  # the collection must find the unloaded versions unreferenced
+        if changed:
             refreeze_heap()
 
     def _announce_missing(self) -> None:
@@ -359,7 +366,6 @@ class DataPlane:
             log.error("model '%s' version %d refused: %s", self.name, version, exc)
             return None
         self._failed.pop(version, None)
-        refreeze_heap()
         self.status[version] = VersionStatus(version, ModelState.AVAILABLE)
         self.metrics.reloads.labels("success").inc()
         served = ServedVersion(

@@ -34,9 +34,8 @@ class OverloadGuard:
         ):
             budget = self._budget(scope)
             if budget is not None:
-                (served,) = self.plane.served.values()
-                try:
-                    served.batcher.admit(None, budget)
+                try:  # the one version every inference route would resolve to
+                    self.plane.admit(self.plane.name, None, None, budget)
                 except ServingError as refusal:
                     await send_error(refusal, scope, receive, send)
                     return

@@ -62,8 +62,8 @@ class AdmittedCall:
 def admit(
     request: Request, name: str, version: int | None = None, label: str | None = None
 ) -> AdmittedCall:
-    """404 for an unknown model, 503 now if the queue cannot answer even one image in time:
-    under overload a refusal then costs no body read and no parse."""
+    """404 for an unknown model, 503 now if the queue cannot answer a request of the usual
+    size in time: under overload a refusal then costs no body read and no parse."""
     plane = plane_of(request)
     budget = request_budget(request, plane)
     plane.admit(name, version, label, budget)
