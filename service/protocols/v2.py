@@ -167,8 +167,8 @@ def decode_infer_request(
         raise InvalidInput("'id' must be a string")
     binary_default = bool(_parameters(payload).get("binary_data_output", False))
     requested = payload.get("outputs")
-    if requested is None:
-        outputs = [RequestedOutput(OUTPUT_NAME, binary_default)]
+    if requested is None:  # the protocol: no outputs named means every output
+        outputs = [RequestedOutput(name, binary_default) for name in (OUTPUT_NAME, DIGIT_OUTPUT)]
     else:
         if not isinstance(requested, list) or not all(isinstance(o, dict) for o in requested):
             raise InvalidInput("'outputs' must be a list of objects with a 'name'")

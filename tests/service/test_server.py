@@ -166,6 +166,10 @@ def test_tritonclient_speaks_to_the_v2_api(
         assert probabilities.shape == (4, 10)
         assert result.as_numpy("digit").tolist() == expected_digits[:4]
         assert probabilities.argmax(axis=1).tolist() == expected_digits[:4]
+    # No outputs named: the protocol returns every output, so both arrays come back.
+    everything = client.infer("mnist", [tensor])
+    assert everything.as_numpy("digit").tolist() == expected_digits[:4]
+    assert everything.as_numpy("probabilities").shape == (4, 10)
     wrong = triton.InferInput("pixels", list(images.shape), "FP32")
     wrong.set_data_from_numpy(images)
     with pytest.raises(InferenceServerException, match="unknown input"):
