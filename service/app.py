@@ -15,6 +15,7 @@ from starlette.responses import Response
 from service import __version__
 from service.auth import ApiKeyMiddleware
 from service.dataplane import DataPlane
+from service.docs import router as docs_router
 from service.errors import ServingError, error_response, handle_serving_error
 from service.health import router as health_router
 from service.metrics import Metrics, multiprocess_directory
@@ -76,6 +77,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # service.docs serves /docs and /redoc without a CDN
+        redoc_url=None,
         exception_handlers={
             ServingError: handle_serving_error,
             HTTPException: _http_error,
@@ -86,7 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.dataplane = plane
     app.state.metrics = metrics
     routers = (health_router, v2_health_router, native_router, upload_router, tfserving_router)
-    for router in (*routers, v2_router, admin_router, web_router):
+    for router in (*routers, v2_router, admin_router, web_router, docs_router):
         # The routers carry no dependencies, so their routes join the app's own list as they
         # are: FastAPI's `include_router` dispatch through nested routers cost ~5% of
         # single-image throughput, re-walking each router's routes per request.

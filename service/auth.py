@@ -31,8 +31,10 @@ OPEN_PATHS = frozenset(
         "/docs/oauth2-redirect",
         "/redoc",
         "/openapi.json",
+        "/favicon.ico",
     }
 )
+OPEN_PREFIXES = ("/docs/assets/",)  # the docs' scripts and styles
 ADMIN_PREFIX = "/v1/admin/"
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
@@ -57,6 +59,10 @@ def _matches(candidate: bytes, keys: list[bytes]) -> bool:
     return found
 
 
+def _is_open(path: str) -> bool:
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
+
+
 class ApiKeyMiddleware:
     def __init__(self, app: ASGIApp, api_keys: list[str], admin_api_keys: list[str]) -> None:
         self.app = app
@@ -64,7 +70,7 @@ class ApiKeyMiddleware:
         self.any_keys = [key.encode() for key in api_keys] + self.admin_keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.any_keys and scope["path"] not in OPEN_PATHS:
+        if scope["type"] == "http" and self.any_keys and not _is_open(scope["path"]):
             try:
                 self._check(scope)
             except ServingError as refusal:

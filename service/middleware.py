@@ -145,8 +145,10 @@ def _route_template(scope: Scope) -> str:
     if template is None:
         template = "unmatched"
         app = scope.get("app")
+        # A mount (the docs' assets) moved its prefix into root_path: match as the app saw it.
+        outer = {**scope, "root_path": scope.get("app_root_path", scope.get("root_path", ""))}
         for candidate in getattr(getattr(app, "router", None), "routes", ()):
-            match, _ = candidate.matches(scope)
+            match, _ = candidate.matches(outer)
             if match != Match.NONE:
                 template = str(getattr(candidate, "path", "unmatched"))
                 break

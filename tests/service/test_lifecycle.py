@@ -3,6 +3,7 @@ load, refused versions, graceful shutdown and API keys."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import shutil
 import signal
@@ -275,8 +276,18 @@ def test_api_keys_guard_predictions_and_admin_but_not_probes(
     assert "admin-secret-2" not in logs
     # Refused before routing, yet counted under the route the client asked for.
     assert httpx.get(url + "/docs").status_code == 200
+    # The docs' own assets and the icon are open too; only the assets, not what lies beside them.
+    assert httpx.get(url + "/docs/assets/swagger-ui.css").status_code == 200
+    icon = httpx.get(url + "/favicon.ico")
+    assert (icon.status_code, icon.headers["content-type"]) == (200, "image/x-icon")
+    assert icon.content.startswith(b"\x00\x00\x01\x00")  # an ICO file
+    connection = http.client.HTTPConnection(url.removeprefix("http://"), timeout=10)
+    connection.request("GET", "/docs/assets/../../v1/models/mnist")
+    assert connection.getresponse().status == 404
+    connection.close()
     metrics = httpx.get(url + "/metrics").text
     assert metric(metrics, "http_requests_total", route="/v1/predict", status="401") == 3
     assert metric(metrics, "http_requests_total", route="/v1/admin/reload", status="403") == 1
     assert metric(metrics, "http_requests_total", route="/docs", status="200") == 1
+    assert metric(metrics, "http_requests_total", route="/docs/assets", status="200") == 1
     assert metric(metrics, "http_requests_total", route="unmatched", status="401") == 1
