@@ -11,9 +11,12 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 RUN python3 -m venv /opt/venv
 COPY pyproject.toml README.md LICENSE ./
+COPY requirements ./requirements
 COPY service ./service
 COPY training ./training
-RUN /opt/venv/bin/pip install --no-cache-dir .
+# Every dependency pinned by the lock for the base image's Python (`make lock` writes them).
+RUN version="$(/opt/venv/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')" \
+    && /opt/venv/bin/pip install --no-cache-dir -c "requirements/service-py${version}.txt" .
 
 # ---- runtime: the venv and nothing else; no compilers, non-root ---------------------------------
 FROM ${BASE_IMAGE} AS runtime

@@ -1,7 +1,11 @@
 # Two entry points: `make run` (train if no model exists, then serve) and `make test`.
-# Both create the virtual environment and install the project into it first.
+# Both create the virtual environment and install the project into it first, pinned by the lock
+# for its Python version (requirements/py3.X.txt; `make lock` writes them).
 
-PYTHON ?= python3
+# Empty: the first of python3, python3.13, python3.12, python3.11 that is 3.11-3.13.
+PYTHON ?=
+export PYTHON
+SUPPORTED_PYTHONS := 3.11 3.12 3.13
 VENV ?= .venv
 MODELS ?= models
 MODEL_NAME ?= mnist
@@ -11,15 +15,37 @@ STAMP := $(VENV)/.installed
 DEPLOY_VENV ?= .venv-deploy
 DEPLOY_STAMP := $(DEPLOY_VENV)/.installed
 
-.PHONY: run serve train test lint install clean deploy-check container-smoke
+.PHONY: run serve train test lint install lock clean deploy-check container-smoke
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+$(STAMP): pyproject.toml $(wildcard requirements/*.txt)
+	@python=$$(scripts/find-python.sh) || exit 1; \
+	if [ ! -x $(BIN)/python ]; then echo "== Creating $(VENV) with $$python"; $$python -m venv $(VENV); fi
+	@version=$$($(BIN)/python -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+	echo "== Installing mnist-serving and its locked dependencies (requirements/py$$version.txt)"; \
+	echo "   into $(VENV): TensorFlow alone is ~600 MB, so the first time takes a minute or more"; \
+	start=$$(date +%s); \
+	$(BIN)/python -m pip install --quiet --upgrade pip && \
+	$(BIN)/python -m pip install --quiet -c requirements/py$$version.txt -e '.[dev]' && \
+	echo "   installed in $$(( $$(date +%s) - start )) s"
+	@touch $(STAMP)
+
+# The locks: every dependency pinned, one file per supported Python (with the test tools) and
+# one for the service image (without). Needs the package index.
+lock:
+	@test -x $(BIN)/uv || { python=$$(scripts/find-python.sh) && $$python -m venv $(VENV) && \
+		$(BIN)/python -m pip install --quiet uv==0.13.9; } || exit 1
+	@for version in $(SUPPORTED_PYTHONS); do \
+		for extra in dev service; do \
+			out=requirements/py$$version.txt; flags="--extra dev"; \
+			if [ $$extra = service ]; then out=requirements/service-py$$version.txt; flags=; fi; \
+			$(BIN)/uv pip compile pyproject.toml $$flags --python-version $$version \
+				--python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock" \
+				--quiet -o $$out || exit 1; \
+			echo "wrote $$out"; \
+		done; \
+	done
 
 run: $(STAMP)
 	@if ls -d $(MODELS)/$(MODEL_NAME)/[0-9]* >/dev/null 2>&1; then \
