@@ -49,11 +49,15 @@ lock:
 
 run: $(STAMP)
 	@if ls -d $(MODELS)/$(MODEL_NAME)/[0-9]* >/dev/null 2>&1; then \
-		echo "Model found in $(MODELS)/$(MODEL_NAME); skipping training."; \
+		echo "== Model found in $(MODELS)/$(MODEL_NAME): serving it (make train adds a version)"; \
 	else \
-		$(BIN)/mnist-train --model-repository $(MODELS) --model-name $(MODEL_NAME); \
+		echo "== No model in $(MODELS)/$(MODEL_NAME) yet: training one first, then serving it."; \
+		echo "   The default CNN takes about 9 minutes on 2 CPU cores; progress follows."; \
+		$(BIN)/mnist-train --model-repository $(MODELS) --model-name $(MODEL_NAME) || exit 1; \
 	fi
-	$(BIN)/mnist-serve --model-repository $(MODELS) --model-name $(MODEL_NAME)
+	@echo "== Starting the server: it logs 'ready' with the page's address once the model is"
+	@echo "   loaded (a few seconds). Ctrl-C stops it."
+	@$(BIN)/mnist-serve --model-repository $(MODELS) --model-name $(MODEL_NAME)
 
 train: $(STAMP)
 	$(BIN)/mnist-train --model-repository $(MODELS) --model-name $(MODEL_NAME)

@@ -27,6 +27,7 @@ FLAGS: dict[str, str] = {
     "--port": "port",
     "--workers": "workers",
     "--log-level": "log_level",
+    "--log-format": "log_format",
     "--max-batch-size": "max_batch_size",
     "--max-batch-delay-ms": "max_batch_delay_ms",
     "--max-queue-images": "max_queue_images",
@@ -39,7 +40,7 @@ def app_factory() -> FastAPI:
     from service.app import create_app
 
     settings = load_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     return create_app(settings)
 
 
@@ -80,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     if settings.workers > 1 and not os.environ.get(MULTIPROC_ENV):
         # Workers share their metrics through files; a fresh directory per server run.
         os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="mnist-serving-metrics-")
@@ -98,13 +99,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         # After the drain grace period: how long accepted requests may take to finish.
         "timeout_graceful_shutdown": int(settings.shutdown_timeout_seconds),
     }
-    if settings.workers > 1:
-        # uvicorn's supervisor builds each worker's server itself: the plain uvicorn shutdown.
-        uvicorn.run(APP, workers=settings.workers, **options)
-    else:
-        from service.shutdown import LingeringServer
+    try:
+        if settings.workers > 1:
+            # uvicorn's supervisor builds each worker's server itself: the plain shutdown.
+            uvicorn.run(APP, workers=settings.workers, **options)
+        else:
+            from service.shutdown import LingeringServer
 
-        LingeringServer(uvicorn.Config(APP, **options)).run()
+            LingeringServer(uvicorn.Config(APP, **options)).run()
+    except KeyboardInterrupt:
+        # uvicorn raises Ctrl-C again once it has shut down cleanly: no traceback for that.
+        return 130
     return 0
 
 

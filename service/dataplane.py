@@ -122,6 +122,7 @@ class DataPlane:
         self._watcher: asyncio.Task[None] | None = None
         self._prediction_counters: dict[tuple[int, int], Any] = {}
         self._announced_missing = False
+        self._announced = False
 
     @property
     def name(self) -> str:
@@ -141,7 +142,14 @@ class DataPlane:
         return any(s.batcher.longest_call() > budget for s in self.served.values())
 
     def _publish_readiness(self) -> None:
-        self.workers.set_ready(self._serving())
+        serving = self._serving()
+        self.workers.set_ready(serving)
+        if serving and not self._announced:
+            self._announced = True
+            base = self.settings.local_url
+            log.info(
+                "ready: draw a digit at %s/  API docs: %s/docs  metrics: %s/metrics", *[base] * 3
+            )
 
     @property
     def default_version(self) -> int | None:

@@ -44,8 +44,10 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(1, ge=1)
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    log_format: Literal["auto", "json", "text"] = "auto"
+    """JSON lines for log pipelines; `auto`: plain text when stderr is a terminal."""
     access_log: bool = True
-    """One structured JSON line per request."""
+    """One line per request."""
 
     batching: bool = True
     """Merge concurrent requests into one model call; off runs each request alone."""
@@ -132,6 +134,14 @@ class Settings(BaseSettings):
         if self.model_version_policy == "specific" and not self.model_versions:
             raise ValueError("the 'specific' version policy needs MNIST_MODEL_VERSIONS")
         return self
+
+    @property
+    def local_url(self) -> str:
+        """Where a person on this machine reaches the server (a wildcard host as loopback)."""
+        host = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(self.host, self.host)
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
 
     @field_validator("model_name")
     @classmethod

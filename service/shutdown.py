@@ -5,6 +5,7 @@ a few seconds late. So: readiness turns 503 at once; requests keep being served 
 `drain_grace_seconds`; then new requests get 503 and uvicorn's own shutdown starts, which stops
 accepting connections, lets accepted requests finish (up to `shutdown_timeout_seconds`) and runs
 the lifespan shutdown, where every batcher answers what it queued. A second signal skips the wait.
+SIGINT (Ctrl-C at a terminal) skips the grace period: no load balancer sends traffic there.
 
 uvicorn installs its SIGTERM/SIGINT handlers with `signal.signal` before the app starts, so the
 lifespan can wrap them; each worker process does this for itself.
@@ -59,6 +60,12 @@ class GracefulShutdown:
             return
         self._signalled = True
         self._on_drain()
+        if sig == signal.SIGINT:
+            # Ctrl-C at a terminal: no load balancer to wait for. Refuse new requests and stop
+            # once the accepted ones are answered.
+            log.info("interrupted: finishing accepted requests, then stopping")
+            loop.call_soon_threadsafe(self._refuse_and_stop, original, sig)
+            return
         log.info(
             "received %s: readiness is now 503; serving for %.1f s more, then shutting down",
             signal.Signals(sig).name,
@@ -67,8 +74,11 @@ class GracefulShutdown:
         loop.call_soon_threadsafe(loop.call_later, self.grace_seconds, self._finish, original, sig)
 
     def _finish(self, original: Handler, sig: int) -> None:
-        self.refusing = True
         log.info("grace period over: refusing new requests, finishing accepted ones")
+        self._refuse_and_stop(original, sig)
+
+    def _refuse_and_stop(self, original: Handler, sig: int) -> None:
+        self.refusing = True
         original(sig, None)
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from training.config import ModelConfig, TrainConfig
@@ -114,6 +115,28 @@ class _TqdmSink(ProgressSink):
         self._bar.close()
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def _epoch_reporter(epochs: int) -> Callable[[int, dict[str, float]], None]:
+    """One line per epoch with the time left, estimated from the epochs so far."""
+    started = time.monotonic()
+
+    def report(epoch: int, logs: dict[str, float]) -> None:
+        elapsed = time.monotonic() - started
+        left = elapsed / epoch * (epochs - epoch)
+        accuracy = logs.get("val_accuracy")
+        shown = f"validation accuracy {accuracy:.2%}; " if accuracy is not None else ""
+        print(
+            f"  epoch {epoch}/{epochs} done: {shown}{_duration(elapsed)} so far, "
+            f"about {_duration(left)} left",
+            flush=True,
+        )
+
+    return report
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     config, if_no_model = parse_args(argv)
     model_dir = Path(config.model_repository) / config.model_name
@@ -134,8 +157,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from training.export import ExportFailed
     from training.train import run
 
+    images = len(splits.train_labels) if config.limit is None else config.limit
+    print(
+        f"Training for {config.epochs} epochs on {images:,} images (with the defaults about 9 "
+        "minutes on 2 CPU cores; the time left is printed after each epoch)",
+        flush=True,
+    )
     try:
-        result = run(config, splits)
+        result = run(config, splits, on_epoch=_epoch_reporter(config.epochs))
     except ExportFailed as exc:
         print(f"mnist-train: {exc}", file=sys.stderr)
         return 1

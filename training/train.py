@@ -125,6 +125,8 @@ def run(
     compile_model(model, config, steps=config.epochs * int(train.cardinality().numpy()))
     callbacks: list[keras.callbacks.Callback] = []
     if on_epoch is not None:
+        # Keras's progress line first, so the hook's output follows the finished epoch's line.
+        callbacks.append(keras.callbacks.ProgbarLogger())
         callbacks.append(
             keras.callbacks.LambdaCallback(
                 on_epoch_end=lambda epoch, logs: on_epoch(epoch + 1, dict(logs or {}))

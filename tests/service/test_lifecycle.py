@@ -291,3 +291,40 @@ def test_api_keys_guard_predictions_and_admin_but_not_probes(
     assert metric(metrics, "http_requests_total", route="/docs", status="200") == 1
     assert metric(metrics, "http_requests_total", route="/docs/assets", status="200") == 1
     assert metric(metrics, "http_requests_total", route="unmatched", status="401") == 1
+
+
+def test_ctrl_c_stops_at_once_after_answering_what_was_accepted(
+    start_server: Start, repository: Path
+) -> None:
+    """SIGINT is a person at a terminal: no drain grace (set long here), accepted requests done."""
+    server = start_server(
+        repository, MNIST_DRAIN_GRACE_SECONDS="30", MNIST_SHUTDOWN_TIMEOUT_SECONDS="10"
+    )
+    with Load(server.url, threads=4) as load:
+        time.sleep(0.5)
+        signalled = time.monotonic()
+        server.process.send_signal(signal.SIGINT)
+        server.process.wait(timeout=20)
+        exited = time.monotonic() - signalled
+    assert exited < 3
+    before = [r for r in load.results if r[0] < signalled - 0.05]
+    assert len(before) > 10
+    assert {r[2] for r in before} == {200}
+    assert "interrupted: finishing accepted requests" in server.logs()
+    assert "grace period over" not in server.logs()
+
+
+def test_text_logs_for_a_terminal_end_start_up_with_the_addresses(
+    start_server: Start, repository: Path
+) -> None:
+    server = start_server(repository, MNIST_LOG_FORMAT="text")
+    assert httpx.get(server.url + "/healthz").status_code == 200
+    wait_until(lambda: "route=/healthz" in server.logs())
+    lines = server.logs().splitlines()
+    ready = [line for line in lines if " ready: " in line]
+    assert len(ready) == 1
+    for page in ("/ ", "/docs ", "/metrics"):
+        assert f"{server.url}{page}" in ready[0]
+    access = next(line for line in lines if "route=/healthz" in line)
+    assert "status=200" in access
+    assert not access.lstrip().startswith("{")
