@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from training.config import ModelConfig, TrainConfig
@@ -54,6 +55,22 @@ def trained_repository(tmp_path_factory: pytest.TempPathFactory, mnist: MnistSpl
     repository = tmp_path_factory.mktemp("repository")
     run(tiny_train_config(repository), mnist)
     return repository
+
+
+@pytest.fixture(scope="module")
+def digits(mnist: MnistSplits) -> np.ndarray:
+    return mnist.test_images[:24]
+
+
+@pytest.fixture(scope="module")
+def expected_digits(trained_repository: Path, digits: np.ndarray) -> list[int]:
+    """What TensorFlow itself says, in this process, from the exported SavedModel."""
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(trained_repository / "mnist" / "1"))
+    images = tf.constant(digits[..., None].astype(np.float32))
+    probabilities = loaded.signatures["serving_default"](image=images)["probabilities"]
+    return [int(d) for d in probabilities.numpy().argmax(axis=1)]
 
 
 def free_port() -> int:

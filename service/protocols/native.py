@@ -18,6 +18,22 @@ from service.schemas import ERROR_RESPONSES, PredictRequest, PredictResponse, re
 
 router = APIRouter(tags=["native"])
 
+VersionQuery = Annotated[
+    str | None, Query(description="Answer with this version (default: newest)", examples=["1"])
+]
+LabelQuery = Annotated[
+    str | None,
+    Query(description="Answer with the version this label points at", examples=["stable"]),
+]
+
+
+def chosen_version(version: str | None, label: str | None) -> tuple[int | None, str | None]:
+    """The `version` or `label` query parameter, parsed (giving both is a client mistake)."""
+    if version is not None and label is not None:
+        raise InvalidInput("give either 'version' or 'label', not both")
+    wanted = None if version is None else parse_version(version, in_path=False)
+    return wanted, None if label is None else parse_label(label, in_path=False)
+
 
 @router.post(
     "/v1/predict",
@@ -27,23 +43,11 @@ router = APIRouter(tags=["native"])
     openapi_extra=request_body_doc(PredictRequest),
 )
 async def predict(
-    request: Request,
-    version: Annotated[
-        str | None,
-        Query(description="Answer with this version (default: newest)", examples=["1"]),
-    ] = None,
-    label: Annotated[
-        str | None,
-        Query(description="Answer with the version this label points at", examples=["stable"]),
-    ] = None,
+    request: Request, version: VersionQuery = None, label: LabelQuery = None
 ) -> Response:
     """Each image is 28x28 (or 784 flat) numbers, 0 background to 255 ink."""
-    if version is not None and label is not None:
-        raise InvalidInput("give either 'version' or 'label', not both")
-    wanted = None if version is None else parse_version(version, in_path=False)
-    label = None if label is None else parse_label(label, in_path=False)
     settings = settings_of(request)
-    call = admit(request, settings.model_name, wanted, label)
+    call = admit(request, settings.model_name, *chosen_version(version, label))
     payload, check_booleans = await read_json(request, settings)
     if not isinstance(payload, dict) or "instances" not in payload:
         raise InvalidInput('body must be a JSON object with an "instances" list of images')

@@ -22,7 +22,7 @@ from service.images import PreparedImage, prepare_upload
 from service.params import parse_length_header
 from service.protocols.admission import admit
 from service.protocols.body import json_response, read_body, settings_of
-from service.protocols.native import native_body
+from service.protocols.native import LabelQuery, VersionQuery, chosen_version, native_body
 from service.schemas import ERROR_RESPONSES
 from service.settings import Settings
 
@@ -105,10 +105,12 @@ async def predict_image(
         Literal["none", "png", "pixels"],
         Query(description="Also return the 28x28 image the model saw, as a PNG data URL or pixels"),
     ] = "none",
+    version: VersionQuery = None,
+    label: LabelQuery = None,
 ) -> Response:
     """PNG, JPEG, BMP, GIF (first frame), WebP or TIFF; any size, colour mode and background."""
     settings = settings_of(request)
-    call = admit(request, settings.model_name)
+    call = admit(request, settings.model_name, *chosen_version(version, label))
     uploads = await read_uploads(request, settings)
     if len(uploads) > settings.max_upload_images:
         raise InvalidInput(f"{len(uploads)} images; at most {settings.max_upload_images} at once")

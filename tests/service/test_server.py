@@ -12,26 +12,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from tests.conftest import LiveServer, copy_version
-from training.data import MnistSplits
 
 Start = Callable[..., LiveServer]
-
-
-@pytest.fixture(scope="module")
-def digits(mnist: MnistSplits) -> np.ndarray:
-    return mnist.test_images[:24]
-
-
-@pytest.fixture(scope="module")
-def expected_digits(trained_repository: Path, digits: np.ndarray) -> list[int]:
-    """What TensorFlow itself says, in this process, from the exported SavedModel."""
-    loaded = tf.saved_model.load(str(trained_repository / "mnist" / "1"))
-    images = tf.constant(digits[..., None].astype(np.float32))
-    probabilities = loaded.signatures["serving_default"](image=images)["probabilities"]
-    return [int(d) for d in probabilities.numpy().argmax(axis=1)]
 
 
 def scrape(server: LiveServer) -> str:
