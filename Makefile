@@ -9,6 +9,7 @@ SUPPORTED_PYTHONS := 3.11 3.12 3.13
 VENV ?= .venv
 MODELS ?= models
 MODEL_NAME ?= mnist
+TRAIN_FLAGS ?=  # extra mnist-train flags, e.g. TRAIN_FLAGS="--epochs 3"
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
@@ -53,14 +54,15 @@ run: $(STAMP)
 	else \
 		echo "== No model in $(MODELS)/$(MODEL_NAME) yet: training one first, then serving it."; \
 		echo "   The default CNN takes about 9 minutes on 2 CPU cores; progress follows."; \
-		$(BIN)/mnist-train --model-repository $(MODELS) --model-name $(MODEL_NAME) || exit 1; \
+		$(BIN)/mnist-train --model-repository $(MODELS) --model-name $(MODEL_NAME) $(TRAIN_FLAGS) \
+			|| exit 1; \
 	fi
 	@echo "== Starting the server: it logs 'ready' with the page's address once the model is"
 	@echo "   loaded (a few seconds). Ctrl-C stops it."
 	@$(BIN)/mnist-serve --model-repository $(MODELS) --model-name $(MODEL_NAME)
 
 train: $(STAMP)
-	$(BIN)/mnist-train --model-repository $(MODELS) --model-name $(MODEL_NAME)
+	$(BIN)/mnist-train --model-repository $(MODELS) --model-name $(MODEL_NAME) $(TRAIN_FLAGS)
 
 serve: $(STAMP)
 	$(BIN)/mnist-serve --model-repository $(MODELS) --model-name $(MODEL_NAME)

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.serve_benchmark import server
+from bench.harness import served
 from training.data import load_mnist
 
 KINDS = ("png-gray", "png-rgb", "png-rgba", "jpeg", "photo")
@@ -92,7 +92,8 @@ def main() -> None:
     uploads = [render(d, KINDS[i % len(KINDS)], rng) for i, d in enumerate(images)]
 
     started = time.monotonic()
-    with server(args.model_repository, 18103, "0-1", batching=True) as url:
+    with served(args.model_repository, 18103, "0-1") as server:
+        url = server.url
         raw: list[int] = []
         with httpx.Client(base_url=url, timeout=60) as client:
             for i in range(0, len(images), 256):
