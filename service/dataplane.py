@@ -123,6 +123,7 @@ class DataPlane:
         self._prediction_counters: dict[tuple[int, int], Any] = {}
         self._announced_missing = False
         self._announced = False
+        self.metrics.model_load_failures.labels(self.name)  # at 0 from the start
 
     @property
     def name(self) -> str:
@@ -288,6 +289,7 @@ class DataPlane:
                 await self.sync()
             except Exception:  # the watcher must outlive any one bad poll
                 log.exception("model repository poll failed")
+            self.metrics.sample_process()
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.model_poll_seconds)

@@ -40,6 +40,34 @@ LATENCY_BUCKETS = (
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+REJECT_REASONS = ("over_budget", "queue_full", "shutting_down")
+DROP_REASONS = ("deadline", "client_disconnected", "cancelled")
+_CGROUP_LIMITS = (
+    Path("/sys/fs/cgroup/memory.max"),  # cgroup v2
+    Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),  # cgroup v1
+)
+_NO_LIMIT = 1 << 60  # cgroup v1 reports "no limit" as a huge number
+
+
+def resident_bytes() -> int | None:
+    """This process's resident set size (Linux), without a dependency such as psutil."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def cgroup_memory_limit() -> int | None:
+    for path in _CGROUP_LIMITS:
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < _NO_LIMIT:
+            return int(text)
+        return None  # "max": no limit
+    return None
 
 
 def multiprocess_directory() -> Path | None:
@@ -149,6 +177,36 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.resident_memory = Gauge(
+            "process_resident_memory_bytes",
+            "Resident memory of the server (summed over its worker processes).",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.memory_limit = Gauge(
+            "process_memory_limit_bytes",
+            "The memory limit of the server's cgroup (the container limit); absent if none.",
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+        # Every label value that can appear, at 0 from the start: a query, alert or rate over
+        # a series that does not exist yet returns nothing rather than 0.
+        for reason in REJECT_REASONS:
+            self.rejected.labels(reason)
+        for reason in DROP_REASONS:
+            self.dropped.labels(reason)
+        for result in ("success", "failure"):
+            self.reloads.labels(result)
+        self.sample_process()
+
+    def sample_process(self) -> None:
+        """Memory now (called at every repository poll, so each worker reports its own)."""
+        rss = resident_bytes()
+        if rss is not None:
+            self.resident_memory.set(rss)
+        limit = cgroup_memory_limit()
+        if limit is not None:
+            self.memory_limit.set(limit)
 
     def render(self) -> tuple[bytes, str]:
         if multiprocess_directory() is not None:

@@ -73,6 +73,16 @@ def expected_digits(trained_repository: Path, digits: np.ndarray) -> list[int]:
     return [int(d) for d in probabilities.numpy().argmax(axis=1)]
 
 
+@pytest.fixture(scope="session")
+def faulty_repository(trained_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model wrapped so that it raises or hangs on demand (tests/fault_model.py)."""
+    from tests.fault_model import export_faulty_version
+
+    repository = tmp_path_factory.mktemp("faulty")
+    export_faulty_version(trained_repository / "mnist" / "1", repository)
+    return repository
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

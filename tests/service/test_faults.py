@@ -15,20 +15,12 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import pytest
 
 from tests.conftest import LiveServer, copy_version
-from tests.fault_model import HANG_PIXEL, RAISE_PIXEL, export_faulty_version
+from tests.fault_model import HANG_PIXEL, RAISE_PIXEL
 from tests.service.test_server import metric, scrape
 
 Start = Callable[..., LiveServer]
-
-
-@pytest.fixture(scope="module")
-def faulty_repository(trained_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    repository = tmp_path_factory.mktemp("faulty")
-    export_faulty_version(trained_repository / "mnist" / "1", repository)
-    return repository
 
 
 def images(count: int, first_pixel: float = 0.0, second_pixel: float = 0.0) -> dict[str, object]:
