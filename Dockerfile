@@ -16,7 +16,7 @@ COPY service ./service
 COPY training ./training
 # Every dependency pinned by the lock for the base image's Python (`make lock` writes them).
 RUN version="$(/opt/venv/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')" \
-    && /opt/venv/bin/pip install --no-cache-dir -c "requirements/service-py${version}.txt" .
+    && /opt/venv/bin/pip install --no-cache-dir -c "requirements/service-py${version}.txt" ".[otel]"
 
 # ---- runtime: the venv and nothing else; no compilers, non-root ---------------------------------
 FROM ${BASE_IMAGE} AS runtime

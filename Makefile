@@ -40,7 +40,9 @@ lock:
 	@for version in $(SUPPORTED_PYTHONS); do \
 		for extra in dev service; do \
 			out=requirements/py$$version.txt; flags="--extra dev"; \
-			if [ $$extra = service ]; then out=requirements/service-py$$version.txt; flags=; fi; \
+			if [ $$extra = service ]; then \
+				out=requirements/service-py$$version.txt; flags="--extra otel"; \
+			fi; \
 			$(BIN)/uv pip compile pyproject.toml $$flags --python-version $$version \
 				--python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock" \
 				--quiet -o $$out || exit 1; \
@@ -76,7 +78,7 @@ test: lint
 	$(BIN)/pytest
 
 $(DEPLOY_STAMP): deploy/requirements.txt
-	$(PYTHON) -m venv $(DEPLOY_VENV)
+	@python=$$(scripts/find-python.sh) || exit 1; $$python -m venv $(DEPLOY_VENV)
 	$(DEPLOY_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(DEPLOY_VENV)/bin/python -m pip install --quiet -r deploy/requirements.txt
 	touch $(DEPLOY_STAMP)

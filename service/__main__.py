@@ -82,6 +82,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    from service.tracing import tracing_installed
+
+    if settings.otel_endpoint and not tracing_installed():
+        print(
+            f"mnist-serve: {ENV_PREFIX}OTEL_ENDPOINT is set but OpenTelemetry is not installed: "
+            "pip install 'mnist-serving[otel]'",
+            file=sys.stderr,
+        )
+        return 2
     if settings.workers > 1 and not os.environ.get(MULTIPROC_ENV):
         # Workers share their metrics through files; a fresh directory per server run.
         os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="mnist-serving-metrics-")

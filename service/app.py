@@ -29,6 +29,7 @@ from service.protocols.v2 import health_router as v2_health_router
 from service.protocols.v2 import router as v2_router
 from service.settings import Settings
 from service.shutdown import GracefulShutdown
+from service.tracing import configure_tracing
 from service.web import router as web_router
 from service.workers import WorkerRegistry
 
@@ -59,7 +60,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
     workers = WorkerRegistry(multiprocess_directory(), settings.workers)
-    plane = DataPlane(settings, metrics, workers)
+    tracing = configure_tracing(settings)
+    plane = DataPlane(settings, metrics, workers, tracing)
     shutdown = GracefulShutdown(settings.drain_grace_seconds, on_drain=plane.start_draining)
 
     @contextlib.asynccontextmanager
@@ -71,6 +73,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await plane.stop()
+            if tracing is not None:
+                tracing.shutdown()
 
     app = FastAPI(
         title="mnist-serving",
@@ -112,5 +116,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics=metrics,
         shutdown=shutdown,
         log_requests=settings.access_log,
+        tracing=tracing,
     )
     return app

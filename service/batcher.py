@@ -33,7 +33,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -78,6 +78,24 @@ class BatchObserver(Protocol):
         """Accepted, then given up: deadline, client_disconnected, cancelled."""
 
 
+class BatchTracer(Protocol):
+    """Tracing's hook (service.tracing), when it is on: what each request carries into the
+    queue, and each finished model call with the requests it served."""
+
+    def capture(self) -> Any:
+        """Called in the request's own context as it joins the queue."""
+
+    def batch(
+        self,
+        requests: Sequence[tuple[Any, float]],
+        size: int,
+        started: float,
+        ended: float,
+        error: BaseException | None,
+    ) -> None:
+        """(what `capture` returned, when it was queued) per request; monotonic seconds."""
+
+
 class NullObserver:
     def batch_done(self, size: int, seconds: float) -> None:
         pass
@@ -110,6 +128,8 @@ class _Pending:
     """Its caller stopped waiting; the images it had not handed over left the queue's count."""
     answered: int = 0
     result: Array | None = field(default=None, repr=False)
+    trace: Any = None
+    """What the tracer captured at submission (tracing on only)."""
 
     @property
     def size(self) -> int:
@@ -137,6 +157,7 @@ class DynamicBatcher:
         observer: BatchObserver | None = None,
         cost: CostModel | None = None,
         max_queue_delay: float = math.inf,
+        tracer: BatchTracer | None = None,
     ) -> None:
         if max_batch_size < 1 or max_queue_images < 1 or max_concurrent_batches < 1:
             raise ValueError("batch size, queue size and concurrency must be positive")
@@ -149,6 +170,7 @@ class DynamicBatcher:
         self._observer: BatchObserver = observer or NullObserver()
         self.cost = cost or CostModel()
         self.max_queue_delay = max_queue_delay
+        self._tracer = tracer
         self._calls: dict[int, tuple[float, int]] = {}
         """Model calls running now: start time and images, by id."""
         self._queue: collections.deque[_Pending] = collections.deque()
@@ -266,6 +288,8 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         pending = _Pending(images, loop.create_future(), now, now + budget)
+        if self._tracer is not None:
+            pending.trace = self._tracer.capture()
         self._queue.append(pending)
         self._queued_images += count
         self._observer.accepted()
@@ -396,6 +420,7 @@ class DynamicBatcher:
                     )
             except Exception as exc:
                 log.exception("model call on a batch of %d images failed", len(inputs))
+                self._traced(slices, len(inputs), started, exc)
                 failure = InferenceFailed(f"inference failed: {type(exc).__name__}: {exc}")
                 for s in slices:
                     if not s.request.future.done():
@@ -411,9 +436,17 @@ class DynamicBatcher:
             self._busy_until = ended if self._queue else 0.0
             self._observer.batch_done(len(inputs), seconds)
             self._deliver(slices, outputs)
+            self._traced(slices, len(inputs), started, None)
         finally:
             self._calls.pop(id(slices), None)
             self._slots.release()
+
+    def _traced(
+        self, slices: list[_Slice], size: int, started: float, error: BaseException | None
+    ) -> None:
+        if self._tracer is not None:
+            requests = [(s.request.trace, s.request.enqueued) for s in slices]
+            self._tracer.batch(requests, size, started, time.monotonic(), error)
 
     @staticmethod
     def _deliver(slices: list[_Slice], outputs: Array) -> None:

@@ -39,6 +39,7 @@ from service.runtime import (
     warm_up,
 )
 from service.settings import Settings
+from service.tracing import Tracing
 from service.workers import WorkerRegistry
 
 log = logging.getLogger("service.dataplane")
@@ -105,10 +106,15 @@ def _fingerprint(path: Path) -> tuple[tuple[str, int], ...]:
 
 class DataPlane:
     def __init__(
-        self, settings: Settings, metrics: Metrics, workers: WorkerRegistry | None = None
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        workers: WorkerRegistry | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.tracing = tracing
         self.workers = workers or WorkerRegistry(None, 1)
         self.repository = ModelRepository(settings.model_repository, settings.model_name)
         self.served: dict[int, ServedVersion] = {}
@@ -429,4 +435,5 @@ class DataPlane:
             observer=BatcherMetrics(self.metrics, self.name, model.version),
             cost=CostModel(model.call_seconds),
             max_queue_delay=settings.max_queue_delay_ms / 1000,
+            tracer=self.tracing,
         )

@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import ServingError, ShuttingDown, send_error
 from service.metrics import Metrics
+from service.tracing import Tracing
 
 log = logging.getLogger("service.middleware")
 access_log = logging.getLogger("service.access")
@@ -42,11 +43,13 @@ class RequestContextMiddleware:
         metrics: Metrics,
         shutdown: ShutdownState,
         log_requests: bool = True,
+        tracing: Tracing | None = None,
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.shutdown = shutdown
         self.log_requests = log_requests
+        self.tracing = tracing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -58,6 +61,9 @@ class RequestContextMiddleware:
         state["request_id"] = request_id
         status = 500
         response_started = False
+        tracing = self.tracing
+        if tracing is not None:
+            span, token = tracing.start_request(scope["method"], scope["headers"])
         body_read = False
 
         async def receive_tracked() -> Message:
@@ -71,6 +77,8 @@ class RequestContextMiddleware:
             nonlocal status, response_started
             if message["type"] == "http.response.start":
                 status, response_started = message["status"], True
+                if tracing is not None and "answered_ns" in state:
+                    tracing.child("encode", state["answered_ns"], time.time_ns())
                 headers = [*message.get("headers", []), (REQUEST_ID_HEADER, request_id.encode())]
                 if self.shutdown.draining:
                     # Clients move to another replica instead of reusing a connection the
@@ -105,6 +113,10 @@ class RequestContextMiddleware:
             method = scope["method"]
             self.metrics.http_requests.labels(method, template, str(status)).inc()
             self.metrics.http_duration.labels(method, template).observe(elapsed)
+            trace_id = None
+            if tracing is not None:
+                tracing.end_request(span, token, method, template, status, state)
+                trace_id = tracing.trace_id(span)
             if self.log_requests:
                 access_log.info(
                     "request",
@@ -116,6 +128,7 @@ class RequestContextMiddleware:
                         "status": status,
                         "latency_ms": round(elapsed * 1000, 3),
                         "images": state.get("images"),
+                        "trace_id": trace_id,
                     },
                 )
 

@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     """JSON lines for log pipelines; `auto`: plain text when stderr is a terminal."""
     access_log: bool = True
     """One line per request."""
+    otel_endpoint: str | None = None
+    """An OTLP collector to send traces to (`http://collector:4318`); unset: no tracing."""
+    otel_protocol: Literal["http/protobuf", "grpc"] = "http/protobuf"
+    """OTLP over HTTP (port 4318, `/v1/traces` is added) or gRPC (port 4317)."""
+    otel_service_name: str = "mnist-serving"
 
     batching: bool = True
     """Merge concurrent requests into one model call; off runs each request alone."""

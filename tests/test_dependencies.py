@@ -47,13 +47,18 @@ def wanted(version: str, extra: str) -> set[str]:
         "platform_machine": "x86_64",
         "extra": "",
     }
-    requirements = list(PROJECT["dependencies"])
+    extras = PROJECT["optional-dependencies"]
+    # The image's lock carries tracing (otel); the full lock everything `.[dev]` pulls in.
+    requirements = [*PROJECT["dependencies"], *extras["otel"]]
     if extra == "dev":
-        requirements += PROJECT["optional-dependencies"]["dev"]
+        requirements += extras["dev"]
     names = set()
     for line in requirements:
         requirement = Requirement(line)
-        if requirement.marker is None or requirement.marker.evaluate(environment):
+        if canonicalize_name(requirement.name) == canonicalize_name(PROJECT["name"]):
+            for own in requirement.extras:  # `mnist-serving[otel]` inside another extra
+                requirements += extras[own]
+        elif requirement.marker is None or requirement.marker.evaluate(environment):
             names.add(canonicalize_name(requirement.name))
     return names
 

@@ -7,7 +7,8 @@ A route reads: `call = admit(request, name, version, label)`, then read and deco
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -46,10 +47,15 @@ class AdmittedCall:
     version: int | None
     label: str | None
     budget: float
+    admitted_ns: int = field(default_factory=time.time_ns)
 
     async def infer(self, images: npt.NDArray[np.float32]) -> Inference:
-        self.request.state.images = len(images)
-        return await self.plane.infer(
+        state = self.request.state
+        state.images = len(images)
+        tracing = self.plane.tracing
+        if tracing is not None:  # reading and decoding the body: from admission to here
+            tracing.child("decode", self.admitted_ns, time.time_ns())
+        result = await self.plane.infer(
             images,
             self.name,
             self.version,
@@ -57,6 +63,9 @@ class AdmittedCall:
             budget=self.budget,
             abandoned=lambda: client_gone(self.request),
         )
+        state.model, state.version = result.model_name, result.version
+        state.answered_ns = time.time_ns()  # the middleware's "encode" span starts here
+        return result
 
 
 def admit(
