@@ -69,12 +69,19 @@ def rss_mib(pid: int, field: str = "VmRSS") -> float:
 
 @contextlib.contextmanager
 def served(
-    repository: Path, port: int, core: str, wait_ready: bool = True, **settings: str
+    repository: Path,
+    port: int,
+    core: str,
+    wait_ready: bool = True,
+    code: Path | None = None,
+    **settings: str,
 ) -> Iterator[Served]:
     """`mnist-serve` as users run it (defaults, access log on) with `MNIST_<KEY>` overrides,
-    pinned to `core`, its log in a temp file; stopped with SIGTERM at the end."""
+    pinned to `core`, its log in a temp file; stopped with SIGTERM at the end. `code`: another
+    checkout of the project to run instead (a worktree of an older commit, for A/B runs)."""
     env = {
         **os.environ,
+        **({"PYTHONPATH": str(code)} if code is not None else {}),
         "MNIST_MODEL_REPOSITORY": str(repository),
         "MNIST_PORT": str(port),
         "TF_CPP_MIN_LOG_LEVEL": "2",
@@ -85,6 +92,7 @@ def served(
     process = subprocess.Popen(
         ["taskset", "-c", core, sys.executable, "-m", "service"],
         env=env,
+        cwd=code,
         stdout=log,
         stderr=subprocess.STDOUT,
     )

@@ -113,24 +113,21 @@ class RequestContextMiddleware:
             method = scope["method"]
             self.metrics.http_requests.labels(method, template, str(status)).inc()
             self.metrics.http_duration.labels(method, template).observe(elapsed)
-            trace_id = None
             if tracing is not None:
                 tracing.end_request(span, token, method, template, status, state)
-                trace_id = tracing.trace_id(span)
             if self.log_requests:
-                access_log.info(
-                    "request",
-                    extra={
-                        "request_id": request_id,
-                        "method": method,
-                        "route": template,
-                        "path": scope["path"],
-                        "status": status,
-                        "latency_ms": round(elapsed * 1000, 3),
-                        "images": state.get("images"),
-                        "trace_id": trace_id,
-                    },
-                )
+                fields = {
+                    "request_id": request_id,
+                    "method": method,
+                    "route": template,
+                    "path": scope["path"],
+                    "status": status,
+                    "latency_ms": round(elapsed * 1000, 3),
+                    "images": state.get("images"),
+                }
+                if tracing is not None:
+                    fields["trace_id"] = tracing.trace_id(span)
+                access_log.info("request", extra=fields)
 
 
 async def _discard_body(receive: Receive) -> None:

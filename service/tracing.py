@@ -81,8 +81,9 @@ class Tracing:
 
     def child(self, name: str, start_ns: int, end_ns: int) -> None:
         """A finished child of the current span (decoding, encoding), from its timestamps."""
-        span = self._tracer.start_span(name, start_time=start_ns)
-        span.end(end_time=end_ns)
+        if self._trace.get_current_span().is_recording():
+            span = self._tracer.start_span(name, start_time=start_ns)
+            span.end(end_time=end_ns)
 
     @staticmethod
     def trace_id(span: Span) -> str:
@@ -91,9 +92,10 @@ class Tracing:
     # --- the batcher's hook (service.batcher.BatchTracer) ----------------------------------
 
     def capture(self) -> SpanContext | None:
-        """The calling request's span, taken when it joins the queue."""
+        """The calling request's span, taken when it joins the queue (if it is sampled:
+        `OTEL_TRACES_SAMPLER` may keep only some traces, and the rest cost nothing here)."""
         context = self._trace.get_current_span().get_span_context()
-        return context if context.is_valid else None
+        return context if context.is_valid and context.trace_flags.sampled else None
 
     def batch(
         self,
@@ -113,6 +115,8 @@ class Tracing:
             return int(monotonic * 1e9) + offset
 
         parents = [(ctx, enqueued) for ctx, enqueued in requests if ctx is not None]
+        if not parents:
+            return
         call = self._tracer.start_span(
             "model call",
             context=self._context.Context(),  # a root: it belongs to no single request

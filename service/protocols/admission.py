@@ -8,7 +8,7 @@ A route reads: `call = admit(request, name, version, label)`, then read and deco
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -47,7 +47,8 @@ class AdmittedCall:
     version: int | None
     label: str | None
     budget: float
-    admitted_ns: int = field(default_factory=time.time_ns)
+    admitted_ns: int = 0
+    """When it was admitted (tracing on only: the start of its "decode" span)."""
 
     async def infer(self, images: npt.NDArray[np.float32]) -> Inference:
         state = self.request.state
@@ -63,8 +64,9 @@ class AdmittedCall:
             budget=self.budget,
             abandoned=lambda: client_gone(self.request),
         )
-        state.model, state.version = result.model_name, result.version
-        state.answered_ns = time.time_ns()  # the middleware's "encode" span starts here
+        if tracing is not None:  # for the request span; "encode" starts here
+            state.model, state.version = result.model_name, result.version
+            state.answered_ns = time.time_ns()
         return result
 
 
@@ -76,4 +78,5 @@ def admit(
     plane = plane_of(request)
     budget = request_budget(request, plane)
     plane.admit(name, version, label, budget)
-    return AdmittedCall(request, plane, name, version, label, budget)
+    admitted_ns = time.time_ns() if plane.tracing is not None else 0
+    return AdmittedCall(request, plane, name, version, label, budget, admitted_ns)
