@@ -144,3 +144,46 @@ def test_tracing_is_off_by_default(served_model: LiveServer) -> None:
     assert lines
     assert all(entry.get("trace_id") is None for entry in lines)
     assert "tracing to" not in served_model.logs()
+
+
+def test_otlp_over_grpc(start_server: Start, trained_repository: Path) -> None:
+    """The same spans through the gRPC exporter, to a real gRPC TraceService on 127.0.0.1."""
+    from concurrent import futures
+
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+    received: list[dict[str, Any]] = []
+
+    class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request: Any, context: Any) -> Any:  # noqa: N802 (gRPC's name)
+            for resource in request.resource_spans:
+                for scope in resource.scope_spans:
+                    received.extend(decode(span, {}) for span in scope.spans)
+            return trace_service_pb2.ExportTraceServiceResponse()
+
+    collector = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(TraceService(), collector)
+    port = collector.add_insecure_port("127.0.0.1:0")
+    collector.start()
+    try:
+        server = start_server(
+            trained_repository,
+            MNIST_OTEL_ENDPOINT=f"http://127.0.0.1:{port}",
+            MNIST_OTEL_PROTOCOL="grpc",
+            OTEL_BSP_SCHEDULE_DELAY="100",
+        )
+        headers = {"traceparent": f"00-{TRACE_ID}-{CALLER_SPAN}-01"}
+        body = {"instances": np.zeros((1, 28, 28)).tolist()}
+        assert httpx.post(server.url + "/v1/predict", json=body, headers=headers).is_success
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not any(
+            s["name"] == "POST /v1/predict" for s in received
+        ):
+            time.sleep(0.1)
+        request = next(s for s in received if s["name"] == "POST /v1/predict")
+        assert request["trace_id"] == TRACE_ID
+        names = {s["name"] for s in received if s["parent"] == request["span_id"]}
+        assert names == {"decode", "queue wait", "model call", "encode"}
+    finally:
+        collector.stop(None)
