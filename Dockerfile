@@ -30,6 +30,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     TF_CPP_MIN_LOG_LEVEL=2 \
     MNIST_HOST=0.0.0.0 \
     MNIST_PORT=8000 \
+    MNIST_GRPC_PORT=8500 \
     MNIST_MODEL_REPOSITORY=/models \
     MNIST_DIR=/data
 COPY --from=builder /opt/venv /opt/venv
@@ -38,7 +39,7 @@ COPY --chown=${UID}:${UID} ${MODEL_DIR} /models
 RUN mkdir -p /data && chown ${UID}:${UID} /data /models
 WORKDIR /tmp
 USER ${UID}:${UID}
-EXPOSE 8000
+EXPOSE 8000 8500
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2).status == 200 else 1)"]
 CMD ["mnist-serve"]

@@ -25,6 +25,7 @@ FLAGS: dict[str, str] = {
     "--model-version": "model_version",
     "--host": "host",
     "--port": "port",
+    "--grpc-port": "grpc_port",
     "--workers": "workers",
     "--log-level": "log_level",
     "--log-format": "log_format",

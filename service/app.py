@@ -68,10 +68,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # The model loads in the background: the app starts answering /healthz at once.
         await plane.start()
+        grpc_server = None
+        if settings.grpc_port:
+            from service.grpc_api.server import GrpcServer
+
+            grpc_server = GrpcServer(settings, plane, metrics)
+            await grpc_server.start()
         shutdown.install()
         try:
             yield
         finally:
+            if grpc_server is not None:  # its accepted calls finish while the plane still runs
+                await grpc_server.stop()
             await plane.stop()
             if tracing is not None:
                 tracing.shutdown()

@@ -177,6 +177,19 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.grpc_requests = Counter(
+            "grpc_requests_total",
+            "gRPC calls answered, by method and status code.",
+            ["method", "code"],
+            registry=r,
+        )
+        self.grpc_duration = Histogram(
+            "grpc_request_duration_seconds",
+            "Time from a gRPC call's start to its answer.",
+            ["method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.resident_memory = Gauge(
             "process_resident_memory_bytes",
             "Resident memory of the server (summed over its worker processes).",

@@ -170,8 +170,15 @@ def _route_template(scope: Scope) -> str:
 
 def _request_id(scope: Scope) -> str:
     for name, value in scope["headers"]:
-        if name == REQUEST_ID_HEADER and _SAFE_ID.match(value):
-            return str(value.decode())
+        if name == REQUEST_ID_HEADER:
+            return new_request_id(value.decode("latin-1"))
+    return new_request_id(None)
+
+
+def new_request_id(offered: str | None) -> str:
+    """The client's id if it is a plain token, else a fresh one (gRPC calls use this too)."""
+    if offered is not None and _SAFE_ID.match(offered.encode("latin-1", "replace")):
+        return offered
     # Not uuid4: its os.urandom system call cost ~5% of the event loop under load, and a
     # request id needs to be unique, not unpredictable.
     return f"{random.getrandbits(128):032x}"

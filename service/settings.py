@@ -42,6 +42,10 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    grpc_port: int = Field(8500, ge=0, le=65535)
+    """gRPC (KServe V2, health, reflection) on this port; 0 turns gRPC off."""
+    grpc_max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    """Largest gRPC message either way; larger: RESOURCE_EXHAUSTED."""
     workers: int = Field(1, ge=1)
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     log_format: Literal["auto", "json", "text"] = "auto"

@@ -127,6 +127,7 @@ def launch_server(
         "MNIST_MODEL_REPOSITORY": str(repository),
         "MNIST_PORT": str(port),
         "MNIST_MODEL_POLL_SECONDS": "0.2",
+        "MNIST_GRPC_PORT": "0",  # off unless a test asks: servers run side by side
         "TF_CPP_MIN_LOG_LEVEL": "2",
         **env,
     }

@@ -23,12 +23,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import LiveServer, free_port
+from tests.conftest import LiveServer, free_port, launch_server, stop_server
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -119,8 +120,21 @@ def workdir(tmp_path_factory: pytest.TempPathFactory, trained_repository: Path) 
     return work
 
 
-def adapt(command: Command, port: int) -> str:
+@pytest.fixture(scope="module")
+def readme_server(
+    trained_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[LiveServer, int]]:
+    """The server the README's client commands talk to: REST and gRPC."""
+    grpc_port = free_port()
+    log = tmp_path_factory.mktemp("readme-server") / "server.log"
+    server = launch_server(trained_repository, log, MNIST_GRPC_PORT=str(grpc_port))
+    yield server, grpc_port
+    stop_server(server)
+
+
+def adapt(command: Command, port: int, grpc_port: int = 8500) -> str:
     text = command.text
+    text = text.replace("127.0.0.1:8500", f"127.0.0.1:{grpc_port}")
     text = text.replace("/data/mnist", os.environ["MNIST_DIR"])
     text = re.sub(r"(localhost|127\.0\.0\.1):8000", f"127.0.0.1:{port}", text)
     text = re.sub(r"--port 8000\b", f"--port {port}", text)
@@ -141,16 +155,18 @@ def environment(workdir: Path, port: int) -> dict[str, str]:
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
         "MNIST_MODEL_REPOSITORY": str(workdir / "models"),
         "MNIST_PORT": str(port),
+        "MNIST_GRPC_PORT": str(free_port()),
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
 
 
 @pytest.mark.parametrize("command", [c for c in RUN if not is_server(c)], ids=lambda c: c.id)
 def test_command_runs(
-    command: Command, served_model: LiveServer, workdir: Path, tmp_path: Path
+    command: Command, readme_server: tuple[LiveServer, int], workdir: Path, tmp_path: Path
 ) -> None:
-    port = int(served_model.url.rsplit(":", 1)[1])
-    text = adapt(command, port)
+    server, grpc_port = readme_server
+    port = int(server.url.rsplit(":", 1)[1])
+    text = adapt(command, port, grpc_port)
     # Commands on the shipped examples run from the checkout, the rest where `models` is a copy.
     cwd = ROOT if "examples/" in text or command.kind == "python" else workdir
     argv = [sys.executable, "-c", text] if command.kind == "python" else ["bash", "-c", text]

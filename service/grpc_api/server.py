@@ -1,0 +1,159 @@
+"""The gRPC server: in the same process and event loop as the REST app, on its own port
+(`MNIST_GRPC_PORT`, 8500; 0 turns it off), over the same data plane.
+
+Besides `inference.GRPCInferenceService` it serves the standard health service
+(`grpc.health.v1.Health`: service "" is liveness, "inference.GRPCInferenceService" readiness,
+NOT_SERVING from the shutdown signal on, so Kubernetes' `grpc:` probes and grpc_health_probe
+work) and server reflection (grpcurl needs no .proto files). One interceptor does for every
+call what the REST middleware does per request: API keys (`authorization: Bearer` or
+`x-api-key` metadata), the request id (`x-request-id`, echoed in trailing metadata), metrics
+and the access log line.
+
+With `--workers N` every worker binds the same port: gRPC sets SO_REUSEPORT on Linux, and the
+kernel spreads connections over the workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from service.auth import _matches as key_matches
+from service.auth import presented_key
+from service.dataplane import DataPlane
+from service.grpc_api.protos import inference_grpc
+from service.grpc_api.v2 import InferenceService
+from service.metrics import Metrics
+from service.middleware import new_request_id
+from service.settings import Settings
+
+log = logging.getLogger("service.grpc")
+access_log = logging.getLogger("service.access")
+
+INFERENCE_SERVICE = "inference.GRPCInferenceService"
+OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+READINESS_POLL_SECONDS = 0.5
+
+
+class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self, metrics: Metrics, api_keys: list[str], admin_keys: list[str]) -> None:
+        self.metrics = metrics
+        self.keys = [k.encode() for k in [*api_keys, *admin_keys]]
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[Any], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method: str = details.method
+        inner = handler.unary_unary
+        guarded = self.keys and not method.startswith(OPEN_SERVICES)
+
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            metadata = {k: v for k, v in (context.invocation_metadata() or ())}
+            request_id = new_request_id(metadata.get("x-request-id"))
+            context.set_trailing_metadata((("x-request-id", request_id),))
+            try:
+                if guarded:
+                    await self._check_key(metadata, context)
+                return await inner(request, context)
+            finally:
+                code = context.code() or grpc.StatusCode.OK
+                name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+                elapsed = time.perf_counter() - started
+                self.metrics.grpc_requests.labels(method, name).inc()
+                self.metrics.grpc_duration.labels(method).observe(elapsed)
+                access_log.info(
+                    "grpc",
+                    extra={
+                        "request_id": request_id,
+                        "method": method,
+                        "code": name,
+                        "latency_ms": round(elapsed * 1000, 3),
+                    },
+                )
+
+        return grpc.unary_unary_rpc_method_handler(
+            call,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    async def _check_key(self, metadata: dict[str, Any], context: grpc.aio.ServicerContext) -> None:
+        headers = [(k.encode(), str(v).encode()) for k, v in metadata.items()]
+        key = presented_key(headers)
+        if key is None or not key_matches(key, self.keys):
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "an API key is required: send 'authorization: Bearer <key>' or 'x-api-key: <key>'"
+                if key is None
+                else "the API key is not valid",
+            )
+
+
+class GrpcServer:
+    def __init__(self, settings: Settings, plane: DataPlane, metrics: Metrics) -> None:
+        self.settings = settings
+        self.plane = plane
+        message_bytes = settings.grpc_max_message_bytes
+        self.server = grpc.aio.server(
+            interceptors=[CallInterceptor(metrics, settings.api_keys, settings.admin_api_keys)],
+            options=[
+                ("grpc.max_receive_message_length", message_bytes),
+                ("grpc.max_send_message_length", message_bytes),
+                # Several workers share the port; a lone server must not share it by accident.
+                ("grpc.so_reuseport", int(settings.workers > 1)),
+            ],
+        )
+        inference_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceService(plane, settings), self.server
+        )
+        self.health = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (INFERENCE_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME),
+            self.server,
+        )  # fmt: skip
+        self.port = self.server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+        self._watcher: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.server.start()
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        self._watcher = asyncio.create_task(self._track_readiness(), name="grpc-readiness")
+        log.info("gRPC on %s:%d", self.settings.host, self.port)
+
+    async def _track_readiness(self) -> None:
+        serving = None
+        while True:
+            ready = self.plane.ready
+            if ready != serving:
+                status = health_pb2.HealthCheckResponse
+                await self.health.set(
+                    INFERENCE_SERVICE, status.SERVING if ready else status.NOT_SERVING
+                )
+                serving = ready
+            await asyncio.sleep(READINESS_POLL_SECONDS)
+
+    async def stop(self) -> None:
+        """Refuse new calls, let accepted ones finish (within the shutdown budget)."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.settings.shutdown_timeout_seconds)

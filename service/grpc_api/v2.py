@@ -1,0 +1,186 @@
+"""`inference.GRPCInferenceService` (the Open Inference Protocol over gRPC), thin over the data
+plane like the REST routes: decode the tensor, infer, encode.
+
+Outputs are always returned as `raw_output_contents` (little-endian bytes), as Triton does:
+`tritonclient.grpc` reads outputs only from there. Inputs may come either way.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+
+from service import __version__
+from service.dataplane import DataPlane
+from service.decoding import IMAGE_SIDE, PIXELS, check_pixels
+from service.errors import DeadlineExceeded, InvalidInput, ModelNotFound, Overloaded
+from service.grpc_api.errors import abort_with
+from service.grpc_api.protos import inference, inference_grpc
+from service.params import parse_version, shown
+from service.protocols.v2 import ACCEPTED_SHAPES, DATATYPES, DIGIT_OUTPUT
+from service.runtime import INPUT_NAME, OUTPUT_NAME
+from service.settings import Settings
+
+# Which InferTensorContents field holds each datatype.
+CONTENTS_FIELD = {
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+}
+OUTPUTS = (OUTPUT_NAME, DIGIT_OUTPUT)
+
+
+def version_of(text: str) -> int | None:
+    """The request's `model_version`: empty means the newest."""
+    return None if text == "" else parse_version(text, in_path=False)
+
+
+def decode_images(request: Any, max_images: int) -> npt.NDArray[np.float32]:
+    """The one input tensor, from raw bytes or typed contents, checked like the REST routes."""
+    if len(request.inputs) != 1:
+        raise InvalidInput(f"expected exactly one input tensor named '{INPUT_NAME}'")
+    tensor = request.inputs[0]
+    if tensor.name != INPUT_NAME:
+        raise InvalidInput(
+            f"unknown input {shown(tensor.name)}; the model's input is '{INPUT_NAME}'"
+        )
+    if tensor.datatype not in DATATYPES:
+        raise InvalidInput(
+            f"input '{INPUT_NAME}' has datatype {shown(tensor.datatype)}; use FP32 or another of "
+            f"{', '.join(DATATYPES)}"
+        )
+    shape = list(tensor.shape)
+    if not shape or any(d < 0 for d in shape):
+        raise InvalidInput(f"input '{INPUT_NAME}' shape must be a list of non-negative integers")
+    if shape[1:] not in ([IMAGE_SIDE, IMAGE_SIDE, 1], [IMAGE_SIDE, IMAGE_SIDE], [PIXELS]):
+        raise InvalidInput(f"input '{INPUT_NAME}' shape {shape} is not {ACCEPTED_SHAPES}")
+    count = shape[0]
+    if count == 0:
+        raise InvalidInput(f"input '{INPUT_NAME}' holds no images")
+    if count > max_images:
+        raise InvalidInput(f"input '{INPUT_NAME}' holds {count} images; at most {max_images}")
+    elements = math.prod(shape)
+    dtype = DATATYPES[tensor.datatype]
+    flat: npt.NDArray[Any]
+    if request.raw_input_contents:
+        if len(request.raw_input_contents) != 1:
+            raise InvalidInput("raw_input_contents must hold one entry per input (one here)")
+        raw = request.raw_input_contents[0]
+        if len(raw) != elements * dtype.itemsize:
+            raise InvalidInput(
+                f"input '{INPUT_NAME}' has {len(raw)} raw bytes; shape {shape} of "
+                f"{tensor.datatype} needs {elements * dtype.itemsize}"
+            )
+        flat = np.frombuffer(raw, dtype=dtype)
+    else:
+        field = CONTENTS_FIELD[tensor.datatype]
+        values = getattr(tensor.contents, field)
+        if len(values) != elements:
+            raise InvalidInput(
+                f"input '{INPUT_NAME}' has {len(values)} values in contents.{field}; "
+                f"shape {shape} needs {elements}"
+            )
+        flat = np.asarray(values, dtype=dtype)
+    return check_pixels(flat.reshape(count, IMAGE_SIDE, IMAGE_SIDE, 1), "contents")
+
+
+def requested_outputs(request: Any) -> list[str]:
+    names = [o.name for o in request.outputs] or list(OUTPUTS)
+    for name in names:
+        if name not in OUTPUTS:
+            raise InvalidInput(
+                f"unknown output {shown(name)}; this model has '{OUTPUT_NAME}' and '{DIGIT_OUTPUT}'"
+            )
+    return names
+
+
+class InferenceService(inference_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+    def __init__(self, plane: DataPlane, settings: Settings) -> None:
+        self.plane = plane
+        self.settings = settings
+
+    async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        return inference.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        return inference.ServerReadyResponse(ready=self.plane.ready)
+
+    async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        return inference.ServerMetadataResponse(
+            name="mnist-serving", version=__version__, extensions=[]
+        )
+
+    @abort_with
+    async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        self._check_name(request.name)
+        wanted = version_of(request.version)
+        ready = self.plane.ready and (wanted is None or wanted in self.plane.served)
+        return inference.ModelReadyResponse(ready=ready)
+
+    @abort_with
+    async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        self._check_name(request.name)
+        self.plane.resolve(request.name, version_of(request.version))
+        tensor = inference.ModelMetadataResponse.TensorMetadata
+        return inference.ModelMetadataResponse(
+            name=request.name,
+            versions=[str(v) for v in sorted(self.plane.served)],
+            platform="tensorflow_savedmodel",
+            inputs=[tensor(name=INPUT_NAME, datatype="FP32", shape=[-1, 28, 28, 1])],
+            outputs=[
+                tensor(name=OUTPUT_NAME, datatype="FP32", shape=[-1, 10]),
+                tensor(name=DIGIT_OUTPUT, datatype="INT64", shape=[-1]),
+            ],
+        )
+
+    @abort_with
+    async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        plane = self.plane
+        self._check_name(request.model_name)
+        version = version_of(request.model_version)
+        # The client's gRPC deadline is the request's budget, if it is the shorter.
+        remaining = context.time_remaining()
+        budget = plane.budget(None if remaining is None else max(remaining, 0.0) * 1000)
+        try:
+            plane.admit(request.model_name, version, None, budget)
+        except Overloaded as refusal:
+            if remaining is not None and budget < plane.budget():
+                # Too late for the caller's own deadline: retrying would not help.
+                raise DeadlineExceeded(
+                    f"the call's deadline ({remaining * 1000:.0f} ms) is shorter than the time "
+                    "it would take to answer"
+                ) from refusal
+            raise
+        images = decode_images(request, self.settings.max_request_images)
+        outputs = requested_outputs(request)
+        result = await plane.infer(images, request.model_name, version, budget=budget)
+        response = inference.ModelInferResponse(
+            model_name=result.model_name, model_version=str(result.version), id=request.id
+        )
+        for name in outputs:
+            if name == OUTPUT_NAME:
+                array = result.probabilities.astype("<f4", copy=False)
+                datatype = "FP32"
+            else:
+                array = result.probabilities.argmax(axis=1).astype("<i8")
+                datatype = "INT64"
+            response.outputs.add(name=name, datatype=datatype, shape=list(array.shape))
+            response.raw_output_contents.append(array.tobytes())
+        return response
+
+    def _check_name(self, name: str) -> None:
+        if name != self.plane.name:
+            raise ModelNotFound(
+                f"model {shown(name)} not found; this server serves '{self.plane.name}'"
+            )

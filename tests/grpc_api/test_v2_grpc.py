@@ -1,0 +1,276 @@
+"""gRPC against live servers, with the clients users have: `tritonclient.grpc` unchanged, raw
+messages from tritonclient's own generated module (so the wire format is the specification's,
+not ours), the standard health service and reflection."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.utils import InferenceServerException
+
+from tests.conftest import LiveServer, free_port, launch_server, stop_server
+from tests.grpc_api.fields import message_fields
+from tests.service.test_server import metric, scrape
+
+Start = Callable[..., LiveServer]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def grpc_server(
+    trained_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[LiveServer, str]]:
+    port = free_port()
+    log = tmp_path_factory.mktemp("grpc") / "server.log"
+    server = launch_server(
+        trained_repository, log, MNIST_GRPC_PORT=str(port), MNIST_MAX_REQUEST_IMAGES="8"
+    )
+    yield server, f"127.0.0.1:{port}"
+    stop_server(server)
+
+
+def stub(target: str) -> service_pb2_grpc.GRPCInferenceServiceStub:
+    return service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(target))
+
+
+def raw_request(images: np.ndarray, datatype: str = "FP32", **fields: object) -> object:
+    request = service_pb2.ModelInferRequest(model_name="mnist", **fields)
+    request.inputs.add(name="image", datatype=datatype, shape=list(images.shape))
+    request.raw_input_contents.append(images.tobytes())
+    return request
+
+
+def test_tritonclient_grpc_gets_the_same_digits_as_rest(
+    grpc_server: tuple[LiveServer, str], digits: np.ndarray, expected_digits: list[int]
+) -> None:
+    server, target = grpc_server
+    client = triton.InferenceServerClient(target)
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    assert client.is_model_ready("mnist")
+    assert client.is_model_ready("mnist", "1")
+    assert not client.is_model_ready("mnist", "2")
+    metadata = client.get_model_metadata("mnist", as_json=True)
+    assert metadata["inputs"][0]["name"] == "image"
+    assert [o["name"] for o in metadata["outputs"]] == ["probabilities", "digit"]
+    images = digits[:8, ..., None].astype(np.float32)
+    tensor = triton.InferInput("image", list(images.shape), "FP32")
+    tensor.set_data_from_numpy(images)
+    result = client.infer("mnist", [tensor], request_id="grpc-1")
+    assert result.get_response().id == "grpc-1"
+    assert result.get_response().model_version == "1"
+    assert result.as_numpy("digit").tolist() == expected_digits[:8]
+    with server.client() as http:
+        rest = http.post("/v1/predict", json={"instances": digits[:8].tolist()}).json()
+    assert np.allclose(
+        result.as_numpy("probabilities"),
+        [p["probabilities"] for p in rest["predictions"]],
+        atol=1e-6,
+    )
+    # One named output: only that one comes back; a version by name.
+    only = client.infer(
+        "mnist", [tensor], model_version="1", outputs=[triton.InferRequestedOutput("digit")]
+    )
+    assert only.as_numpy("digit").tolist() == expected_digits[:8]
+    assert only.as_numpy("probabilities") is None
+    client.close()
+
+
+def test_typed_contents_and_every_pixel_datatype(
+    grpc_server: tuple[LiveServer, str], digits: np.ndarray, expected_digits: list[int]
+) -> None:
+    _, target = grpc_server
+    request = service_pb2.ModelInferRequest(model_name="mnist")
+    tensor = request.inputs.add(name="image", datatype="FP32", shape=[2, 784])
+    tensor.contents.fp32_contents.extend(digits[:2].reshape(-1).astype(float).tolist())
+    answer = stub(target).ModelInfer(request)
+    digit_bytes = answer.raw_output_contents[[o.name for o in answer.outputs].index("digit")]
+    assert np.frombuffer(digit_bytes, "<i8").tolist() == expected_digits[:2]
+    for datatype, dtype in (("UINT8", "<u1"), ("INT32", "<i4"), ("FP64", "<f8")):
+        reply = stub(target).ModelInfer(raw_request(digits[:2].astype(dtype), datatype))
+        assert np.frombuffer(reply.raw_output_contents[1], "<i8").tolist() == expected_digits[:2]
+
+
+@pytest.mark.parametrize(
+    ("change", "code", "message"),
+    [
+        ({"model_name": "nope"}, grpc.StatusCode.NOT_FOUND, "not found"),
+        ({"model_version": "7"}, grpc.StatusCode.NOT_FOUND, "version 7 is not served"),
+        ({"model_version": "²"}, grpc.StatusCode.INVALID_ARGUMENT, "not a version number"),
+        ({"shape": [1, 27, 27]}, grpc.StatusCode.INVALID_ARGUMENT, "shape"),
+        ({"datatype": "BYTES"}, grpc.StatusCode.INVALID_ARGUMENT, "datatype"),
+        ({"raw": b"\x00" * 7}, grpc.StatusCode.INVALID_ARGUMENT, "raw bytes"),
+        ({"name": "pixels"}, grpc.StatusCode.INVALID_ARGUMENT, "unknown input"),
+        ({"shape": [9, 784]}, grpc.StatusCode.INVALID_ARGUMENT, "at most 8"),
+        ({"pixel": 300.0}, grpc.StatusCode.INVALID_ARGUMENT, "0"),
+        ({"pixel": float("nan")}, grpc.StatusCode.INVALID_ARGUMENT, ""),
+        ({"output": "logits"}, grpc.StatusCode.INVALID_ARGUMENT, "unknown output"),
+    ],
+)
+def test_client_mistakes_get_the_right_status(
+    grpc_server: tuple[LiveServer, str], change: dict[str, object], code: object, message: str
+) -> None:
+    _, target = grpc_server
+    images = np.zeros((1, 784), np.float32)
+    if "pixel" in change:
+        images[0, 0] = change["pixel"]  # type: ignore[assignment]
+    shape = change.get("shape", [1, 784])
+    count = int(np.prod(shape))  # type: ignore[arg-type]
+    request = service_pb2.ModelInferRequest(
+        model_name=str(change.get("model_name", "mnist")),
+        model_version=str(change.get("model_version", "")),
+    )
+    request.inputs.add(
+        name=str(change.get("name", "image")),
+        datatype=str(change.get("datatype", "FP32")),
+        shape=shape,  # type: ignore[arg-type]
+    )
+    raw = change.get("raw", np.resize(images, count).astype("<f4").tobytes())
+    request.raw_input_contents.append(raw)  # type: ignore[arg-type]
+    if "output" in change:
+        request.outputs.add(name=str(change["output"]))
+    with pytest.raises(grpc.RpcError) as refused:
+        stub(target).ModelInfer(request)
+    assert refused.value.code() == code
+    assert message in refused.value.details()
+    ids = dict(refused.value.trailing_metadata() or ())
+    assert ids.get("x-request-id")
+
+
+def test_triton_only_calls_are_unimplemented_and_deadlines_are_kept(
+    grpc_server: tuple[LiveServer, str],
+) -> None:
+    _, target = grpc_server
+    client = triton.InferenceServerClient(target)
+    with pytest.raises(InferenceServerException, match="UNIMPLEMENTED"):
+        client.get_model_repository_index()
+    tensor = triton.InferInput("image", [1, 784], "FP32")
+    tensor.set_data_from_numpy(np.zeros((1, 784), np.float32))
+    with pytest.raises(InferenceServerException, match="DEADLINE_EXCEEDED"):
+        client.infer("mnist", [tensor], client_timeout=0.000_001)  # gone before it could run
+    with pytest.raises(InferenceServerException, match="DEADLINE_EXCEEDED"):
+        client.infer("mnist", [tensor], client_timeout=0.001)  # shorter than a model call
+    client.close()
+
+
+def test_health_reflection_metrics_and_request_ids(grpc_server: tuple[LiveServer, str]) -> None:
+    server, target = grpc_server
+    channel = grpc.insecure_channel(target)
+    health = health_pb2_grpc.HealthStub(channel)
+    serving = health_pb2.HealthCheckResponse.SERVING
+    assert health.Check(health_pb2.HealthCheckRequest(service="")).status == serving
+    named = health_pb2.HealthCheckRequest(service="inference.GRPCInferenceService")
+    assert health.Check(named).status == serving
+
+    reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
+    answers = reflect.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+    )
+    services = {s.name for a in answers for s in a.list_services_response.service}
+    assert {"inference.GRPCInferenceService", "grpc.health.v1.Health"} <= services
+
+    call = stub(target).ServerLive.with_call(
+        service_pb2.ServerLiveRequest(), metadata=(("x-request-id", "mine-7"),)
+    )
+    assert dict(call[1].trailing_metadata())["x-request-id"] == "mine-7"
+    assert '"request_id":"mine-7"' in server.logs()
+    text = scrape(server)
+    method = "/inference.GRPCInferenceService/ServerLive"
+    assert metric(text, "grpc_requests_total", method=method, code="OK") >= 1
+    assert (
+        metric(
+            text,
+            "grpc_requests_total",
+            method="/inference.GRPCInferenceService/ModelInfer",
+            code="NOT_FOUND",
+        )
+        >= 0
+    )
+    channel.close()
+
+
+def test_api_keys_guard_grpc_but_not_health(start_server: Start, trained_repository: Path) -> None:
+    port = free_port()
+    start_server(trained_repository, MNIST_GRPC_PORT=str(port), MNIST_API_KEYS="grpc-key")
+    target = f"127.0.0.1:{port}"
+    images = np.zeros((1, 784), np.float32)
+    with pytest.raises(grpc.RpcError) as denied:
+        stub(target).ModelInfer(raw_request(images))
+    assert denied.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.RpcError) as wrong:
+        stub(target).ModelInfer(raw_request(images), metadata=(("x-api-key", "nope"),))
+    assert wrong.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    for metadata in ((("authorization", "Bearer grpc-key"),), (("x-api-key", "grpc-key"),)):
+        assert stub(target).ModelInfer(raw_request(images), metadata=metadata).model_version == "1"
+    health = health_pb2_grpc.HealthStub(grpc.insecure_channel(target))
+    assert health.Check(health_pb2.HealthCheckRequest(service="")).status == 1
+
+
+def test_health_follows_readiness_and_shutdown(
+    start_server: Start, trained_repository: Path, tmp_path: Path
+) -> None:
+    from tests.conftest import copy_version
+
+    repository = tmp_path / "repository"
+    repository.mkdir()
+    port = free_port()
+    server = start_server(
+        repository, wait_ready=False, MNIST_GRPC_PORT=str(port), MNIST_DRAIN_GRACE_SECONDS="3"
+    )
+    health = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+    named = health_pb2.HealthCheckRequest(service="inference.GRPCInferenceService")
+    status = health_pb2.HealthCheckResponse
+
+    def wait_for(state: int) -> None:
+        deadline = time.monotonic() + 30
+        while health.Check(named).status != state:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+
+    assert health.Check(health_pb2.HealthCheckRequest(service="")).status == status.SERVING
+    wait_for(status.NOT_SERVING)  # alive, no model
+    copy_version(trained_repository, repository)
+    wait_for(status.SERVING)
+    server.process.send_signal(signal.SIGTERM)
+    wait_for(status.NOT_SERVING)  # unready at once, still answering during the grace period
+    assert httpx.get(server.url + "/healthz").status_code == 200
+    server.process.wait(30)
+
+
+FIELDS_PROBE = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from service.grpc_api.protos import inference
+from tests.grpc_api.fields import message_fields
+names = [n for n in dir(inference) if hasattr(getattr(inference, n), "DESCRIPTOR")]
+print(json.dumps({n: message_fields(getattr(inference, n)) for n in names if n[0].isupper()}))
+"""
+
+
+def test_message_numbers_are_the_specifications() -> None:
+    """Our .proto against tritonclient's generated messages, field by field (in a child
+    process: both declare the `inference` package, and one process holds only one)."""
+    probe = subprocess.run(
+        [sys.executable, "-c", FIELDS_PROBE, str(ROOT)], capture_output=True, text=True
+    )
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    ours = json.loads(probe.stdout)
+    assert len(ours) >= 14
+    for name, fields in ours.items():
+        theirs = message_fields(getattr(service_pb2, name))
+        assert {k: v for k, v in theirs.items() if k in fields} == fields, name
+        assert set(fields) <= set(theirs), name
