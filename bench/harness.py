@@ -85,6 +85,7 @@ def served(
         "MNIST_MODEL_REPOSITORY": str(repository),
         "MNIST_PORT": str(port),
         "TF_CPP_MIN_LOG_LEVEL": "2",
+        "MNIST_GRPC_PORT": "0",  # off unless asked: several servers run side by side
         **{f"MNIST_{key.upper()}": value for key, value in settings.items()},
     }
     log_path = Path(tempfile.gettempdir()) / f"bench-server-{port}.log"

@@ -1,0 +1,163 @@
+"""gRPC serving figures: KServe V2 ModelInfer with raw contents, next to the REST JSON figure and
+the in-process ceiling of the same run.
+
+    python bench/grpc_benchmark.py --model-repository models   # REST side needs wrk
+
+The load generator is a `grpc.aio` client pinned to the other core: each of `concurrency`
+coroutines sends the same pre-serialised request back to back for `--seconds` (the request is
+encoded once, so the client spends its time on the wire, not in protobuf). Figures: single
+images at concurrency 1 and 64, 32-image requests at concurrency 8; REST: the same single image
+as JSON to `/v1/predict` with wrk. Medians of `--repeats` runs, gRPC and REST alternated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from bench.harness import ensure_model, in_process_ceiling, request_body, served  # noqa: E402
+from bench.serve_benchmark import wrk  # noqa: E402
+
+METHOD = "/inference.GRPCInferenceService/ModelInfer"
+LOADS = (("single", 1, 1), ("single", 1, 64), ("batch32", 32, 8))
+
+CLIENT = r"""
+import asyncio, json, sys, time
+import grpc
+
+target, body_file = sys.argv[1], sys.argv[2]
+concurrency, seconds = int(sys.argv[3]), float(sys.argv[4])
+body = open(body_file, "rb").read()
+
+async def main():
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=None,
+            response_deserializer=None,
+        )
+        await call(body)  # connect
+        latencies, errors = [], 0
+        end = time.perf_counter() + seconds
+
+        async def worker():
+            nonlocal errors
+            while time.perf_counter() < end:
+                started = time.perf_counter()
+                try:
+                    await call(body)
+                    latencies.append(time.perf_counter() - started)
+                except grpc.RpcError:
+                    errors += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    latencies.sort()
+    print(json.dumps({
+        "requests": len(latencies), "seconds": elapsed, "errors": errors,
+        "p50_ms": latencies[len(latencies) // 2] * 1000,
+        "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000,
+    }))
+
+asyncio.run(main())
+"""
+
+
+def infer_request(images: int, data_dir: str | None) -> bytes:
+    """A serialised ModelInferRequest with raw FP32 contents of real test digits."""
+    from tritonclient.grpc import service_pb2
+
+    from training.data import load_mnist
+
+    digits = load_mnist(data_dir).test_images[:images].astype("<f4")
+    request = service_pb2.ModelInferRequest(model_name="mnist")
+    request.inputs.add(name="image", datatype="FP32", shape=[images, 28, 28, 1])
+    request.raw_input_contents.append(np.ascontiguousarray(digits).tobytes())
+    return bytes(request.SerializeToString())
+
+
+def grpc_load(
+    target: str, body: Path, concurrency: int, seconds: int, core: str
+) -> dict[str, float]:
+    command = ["taskset", "-c", core, sys.executable, "-c", CLIENT, target, str(body),
+               str(concurrency), str(seconds)]  # fmt: skip
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    result: dict[str, float] = json.loads(output.strip().splitlines()[-1])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model-repository", type=Path, default=Path("models"))
+    parser.add_argument("--data-dir", default=os.environ.get("MNIST_DIR"))
+    parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--server-core", default="1")
+    parser.add_argument("--client-core", default="0")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk not found: apt-get install wrk")
+    ensure_model(args.model_repository, args.data_dir)
+    work = Path(tempfile.mkdtemp(prefix="grpc-bench-"))
+    bodies = {}
+    for images in (1, 32):
+        bodies[images] = work / f"grpc-{images}.bin"
+        bodies[images].write_bytes(infer_request(images, args.data_dir))
+    json_body = work / "rest-1.json"
+    json_body.write_bytes(request_body(1, args.data_dir))
+    for batch in (1, 32):
+        ceiling = in_process_ceiling(args.model_repository.resolve(), args.server_core, batch, 5)
+        print(f"ceiling batch={batch} images_per_s={ceiling:.0f}", flush=True)
+    print(f"# {time.strftime('%Y-%m-%d')} {args.seconds} s x {args.repeats}, medians", flush=True)
+
+    grpc_port = 18510
+    with served(
+        args.model_repository.resolve(), 18105, args.server_core, grpc_port=str(grpc_port)
+    ) as server:
+        target = f"127.0.0.1:{grpc_port}"
+        for name, images, concurrency in LOADS:
+            grpc_runs, rest_runs = [], []
+            for _ in range(args.repeats):
+                grpc_runs.append(
+                    grpc_load(target, bodies[images], concurrency, args.seconds, args.client_core)
+                )
+                if images == 1:
+                    rest_runs.append(
+                        wrk(server.url, json_body, concurrency, args.seconds, args.client_core)
+                    )
+            rps = statistics.median(r["requests"] / r["seconds"] for r in grpc_runs)
+            print(
+                f"grpc scenario={name} concurrency={concurrency} requests_per_s={rps:.0f} "
+                f"images_per_s={rps * images:.0f} "
+                f"p50_ms={statistics.median(r['p50_ms'] for r in grpc_runs):.2f} "
+                f"p99_ms={statistics.median(r['p99_ms'] for r in grpc_runs):.2f} "
+                f"errors={sum(int(r['errors']) for r in grpc_runs)}",
+                flush=True,
+            )
+            if rest_runs:
+                rest = statistics.median(r["requests"] / r["seconds"] for r in rest_runs)
+                print(
+                    f"rest scenario={name} concurrency={concurrency} requests_per_s={rest:.0f} "
+                    f"p50_ms={statistics.median(r['p50_us'] for r in rest_runs) / 1000:.2f} "
+                    f"p99_ms={statistics.median(r['p99_us'] for r in rest_runs) / 1000:.2f} "
+                    f"grpc_vs_rest={rps / rest:.2f}",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    main()
