@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import numpy as np
 import pytest
@@ -99,7 +100,9 @@ def server(
     faulty_repository: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiveServer]:
     log = tmp_path_factory.mktemp("prometheus-server") / "server.log"
-    live = launch_server(faulty_repository, log, MNIST_WORKERS="2")
+    live = launch_server(
+        faulty_repository, log, MNIST_WORKERS="2", MNIST_GRPC_PORT=str(free_port())
+    )
     yield live
     stop_server(live)
 
@@ -182,6 +185,10 @@ def traffic(server: LiveServer, prometheus: str) -> Counter[tuple[str, str]]:
         }
         for _ in range(3):
             post("/v2/models/{name}/infer", "/v2/models/mnist/infer", json=v2)
+    grpc_port = server.logs().split("gRPC on 127.0.0.1:")[1].split('"')[0]
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        live = channel.unary_unary("/inference.GRPCInferenceService/ServerLive")
+        live(b"")  # an empty ServerLiveRequest
     assert sent[("/v1/predict", "500")] == 3  # the injected failures
     assert sent[("/v1/predict", "200")] == 30
 
