@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import importlib
 import logging
+import os
+import signal
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -27,6 +32,7 @@ from service.protocols.tfserving import router as tfserving_router
 from service.protocols.upload import router as upload_router
 from service.protocols.v2 import health_router as v2_health_router
 from service.protocols.v2 import router as v2_router
+from service.runtime import import_tensorflow
 from service.settings import Settings
 from service.shutdown import GracefulShutdown
 from service.tracing import configure_tracing
@@ -56,6 +62,39 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     return error_response(422, f"{where}: {first.get('msg', 'invalid request')}", "invalid_input")
 
 
+class GrpcLifecycle:
+    """The gRPC server, started in the background so that /healthz answers at once: its
+    module takes seconds to import (service.grpc_api.server). A server that cannot start (its
+    port taken) stops the process, as a taken HTTP port does."""
+
+    def __init__(self, settings: Settings, plane: DataPlane, metrics: Metrics) -> None:
+        self._server: Any = None
+        plane.starting.add("grpc")  # /readyz waits for the gRPC port too
+        self._task = asyncio.create_task(self._start(settings, plane, metrics), name="grpc-start")
+        self._task.add_done_callback(self._failed)
+
+    async def _start(self, settings: Settings, plane: DataPlane, metrics: Metrics) -> None:
+        await asyncio.to_thread(import_tensorflow)  # in turn with the model loader's thread
+        module = await asyncio.to_thread(importlib.import_module, "service.grpc_api.server")
+        self._server = module.GrpcServer(settings, plane, metrics)
+        await self._server.start()
+        plane.starting.discard("grpc")
+
+    @staticmethod
+    def _failed(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("gRPC could not start: %s; stopping", task.exception())
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    async def stop(self) -> None:
+        if not self._task.done():
+            self._task.cancel()
+        with contextlib.suppress(BaseException):
+            await self._task
+        if self._server is not None:
+            await self._server.stop()
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
@@ -68,18 +107,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # The model loads in the background: the app starts answering /healthz at once.
         await plane.start()
-        grpc_server = None
-        if settings.grpc_port:
-            from service.grpc_api.server import GrpcServer
-
-            grpc_server = GrpcServer(settings, plane, metrics)
-            await grpc_server.start()
+        grpc = GrpcLifecycle(settings, plane, metrics) if settings.grpc_port else None
         shutdown.install()
         try:
             yield
         finally:
-            if grpc_server is not None:  # its accepted calls finish while the plane still runs
-                await grpc_server.stop()
+            if grpc is not None:  # its accepted calls finish while the plane still runs
+                await grpc.stop()
             await plane.stop()
             if tracing is not None:
                 tracing.shutdown()

@@ -122,6 +122,8 @@ class DataPlane:
         self.labels: dict[str, int] = dict(settings.model_labels)
         self.draining = False
         """Set on SIGTERM: readiness turns 503 while requests are still answered."""
+        self.starting: set[str] = set()
+        """Parts of the server still starting (the gRPC server): not ready until they are up."""
         self._failed: dict[int, tuple[tuple[str, int], ...]] = {}
         self._sync_lock = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -139,7 +141,12 @@ class DataPlane:
     def ready(self) -> bool:
         """This worker can answer now (serving, and no model call stuck past the budget), and
         every other worker of the server is serving."""
-        return self._serving() and not self._stalled() and self.workers.all_ready()
+        return (
+            self._serving()
+            and not self._stalled()
+            and not self.starting
+            and self.workers.all_ready()
+        )
 
     def _serving(self) -> bool:
         return bool(self.served) and not self.draining

@@ -6,6 +6,7 @@ import functools
 import json
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,10 +55,21 @@ class LoadedModel:
         return result
 
 
+_TENSORFLOW_IMPORT = threading.Lock()
+
+
+def import_tensorflow() -> Any:
+    """TensorFlow, imported by whichever thread asks first while the others wait: two threads
+    importing it at once (the model loader and the gRPC server's start) hung the process."""
+    with _TENSORFLOW_IMPORT:
+        import tensorflow as tf
+    return tf
+
+
 @functools.cache
 def configure_tensorflow(intra_op_threads: int, inter_op_threads: int) -> None:
     """Once per process: TensorFlow refuses thread changes after its first op."""
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     try:
         if intra_op_threads:

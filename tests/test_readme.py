@@ -121,6 +121,19 @@ def workdir(tmp_path_factory: pytest.TempPathFactory, trained_repository: Path) 
 
 
 @pytest.fixture(scope="module")
+def tensorflow_serving_api(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The README's TF Serving client example needs `tensorflow-serving-api`, which the README
+    says to install without its dependencies (it asks for the full tensorflow)."""
+    target = tmp_path_factory.mktemp("tensorflow-serving-api")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target),
+         "tensorflow-serving-api==2.21.*"],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    return target
+
+
+@pytest.fixture(scope="module")
 def readme_server(
     trained_repository: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[LiveServer, int]]:
@@ -162,7 +175,10 @@ def environment(workdir: Path, port: int) -> dict[str, str]:
 
 @pytest.mark.parametrize("command", [c for c in RUN if not is_server(c)], ids=lambda c: c.id)
 def test_command_runs(
-    command: Command, readme_server: tuple[LiveServer, int], workdir: Path, tmp_path: Path
+    command: Command,
+    readme_server: tuple[LiveServer, int],
+    workdir: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
     server, grpc_port = readme_server
     port = int(server.url.rsplit(":", 1)[1])
@@ -170,10 +186,13 @@ def test_command_runs(
     # Commands on the shipped examples run from the checkout, the rest where `models` is a copy.
     cwd = ROOT if "examples/" in text or command.kind == "python" else workdir
     argv = [sys.executable, "-c", text] if command.kind == "python" else ["bash", "-c", text]
+    env = environment(workdir, port)
+    if "tensorflow_serving" in text:
+        env["PYTHONPATH"] = str(request.getfixturevalue("tensorflow_serving_api"))
     result = subprocess.run(
         argv,
         cwd=cwd,
-        env=environment(workdir, port),
+        env=env,
         capture_output=True,
         text=True,
         timeout=300,

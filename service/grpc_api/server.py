@@ -11,6 +11,9 @@ and the access log line.
 
 With `--workers N` every worker binds the same port: gRPC sets SO_REUSEPORT on Linux, and the
 kernel spreads connections over the workers.
+
+Importing this module takes seconds (TensorFlow Serving's messages are TensorFlow's, and the
+.proto files are compiled): the app imports it in a worker thread, off the event loop.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from service.auth import _matches as key_matches
 from service.auth import presented_key
 from service.dataplane import DataPlane
 from service.grpc_api.protos import inference_grpc
+from service.grpc_api.tfserving import ModelService, PredictionService
+from service.grpc_api.tfserving_protos import tfserving_grpc
 from service.grpc_api.v2 import InferenceService
 from service.metrics import Metrics
 from service.middleware import new_request_id
@@ -40,6 +45,7 @@ log = logging.getLogger("service.grpc")
 access_log = logging.getLogger("service.access")
 
 INFERENCE_SERVICE = "inference.GRPCInferenceService"
+TFSERVING_SERVICES = ("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
 OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 READINESS_POLL_SECONDS = 0.5
 
@@ -121,11 +127,15 @@ class GrpcServer:
         inference_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceService(plane, settings), self.server
         )
+        tfserving_grpc.add_PredictionServiceServicer_to_server(
+            PredictionService(plane, settings), self.server
+        )
+        tfserving_grpc.add_ModelServiceServicer_to_server(ModelService(plane), self.server)
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
-            (INFERENCE_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME),
+            (INFERENCE_SERVICE, *TFSERVING_SERVICES,
+             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             self.server,
         )  # fmt: skip
         self.port = self.server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")

@@ -163,7 +163,7 @@ def test_triton_only_calls_are_unimplemented_and_deadlines_are_kept(
     with pytest.raises(InferenceServerException, match="DEADLINE_EXCEEDED"):
         client.infer("mnist", [tensor], client_timeout=0.000_001)  # gone before it could run
     with pytest.raises(InferenceServerException, match="DEADLINE_EXCEEDED"):
-        client.infer("mnist", [tensor], client_timeout=0.001)  # shorter than a model call
+        client.infer("mnist", [tensor], client_timeout=0.000_1)  # shorter than any answer
     client.close()
 
 
@@ -231,7 +231,9 @@ def test_health_follows_readiness_and_shutdown(
     server = start_server(
         repository, wait_ready=False, MNIST_GRPC_PORT=str(port), MNIST_DRAIN_GRACE_SECONDS="3"
     )
-    health = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    grpc.channel_ready_future(channel).result(timeout=30)  # gRPC starts beside /healthz
+    health = health_pb2_grpc.HealthStub(channel)
     named = health_pb2.HealthCheckRequest(service="inference.GRPCInferenceService")
     status = health_pb2.HealthCheckResponse
 
@@ -274,3 +276,24 @@ def test_message_numbers_are_the_specifications() -> None:
         theirs = message_fields(getattr(service_pb2, name))
         assert {k: v for k, v in theirs.items() if k in fields} == fields, name
         assert set(fields) <= set(theirs), name
+
+
+def test_a_taken_grpc_port_stops_the_server(trained_repository: Path, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = launch_server(
+            trained_repository,
+            tmp_path / "server.log",
+            wait_ready=False,
+            MNIST_GRPC_PORT=str(port),
+            MNIST_DRAIN_GRACE_SECONDS="0",
+        )
+        try:
+            server.process.wait(30)
+        finally:
+            stop_server(server)
+    assert "gRPC could not start" in server.logs()

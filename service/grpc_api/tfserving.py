@@ -1,0 +1,172 @@
+"""TensorFlow Serving's gRPC API over the data plane: `PredictionService.Predict` and
+`GetModelMetadata`, `ModelService.GetModelStatus`, with version and label selection in
+`ModelSpec`, as a client built with `tensorflow-serving-api` calls TensorFlow Serving.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+
+from service.dataplane import DataPlane
+from service.decoding import IMAGE_SIDE, PIXELS, check_pixels
+from service.errors import DeadlineExceeded, InvalidInput, ModelNotFound, Overloaded
+from service.grpc_api.errors import abort_with
+from service.grpc_api.tfserving_protos import tfserving, tfserving_grpc
+from service.params import parse_label, shown
+from service.runtime import INPUT_NAME, OUTPUT_NAME, SIGNATURE_NAME
+from service.settings import Settings
+
+PREDICT_METHOD = "tensorflow/serving/predict"
+SIGNATURES = ("", SIGNATURE_NAME)
+
+
+def _selection(spec: Any) -> tuple[int | None, str | None]:
+    """The version or label a `ModelSpec` asks for (neither: the newest)."""
+    choice = spec.WhichOneof("version_choice")
+    if choice == "version":
+        if spec.version.value <= 0:
+            raise InvalidInput(f"model_spec.version must be positive, got {spec.version.value}")
+        return int(spec.version.value), None
+    if choice == "version_label":
+        return None, parse_label(spec.version_label, in_path=False)
+    return None, None
+
+
+def _check_signature(spec: Any) -> None:
+    if spec.signature_name not in SIGNATURES:
+        raise InvalidInput(
+            f"Serving signature name: {shown(spec.signature_name)} not found in signature def; "
+            f"this model has '{SIGNATURE_NAME}'"
+        )
+
+
+def decode_tensor(tensor: Any, max_images: int) -> npt.NDArray[np.float32]:
+    """The `image` TensorProto as a checked (N, 28, 28, 1) float32 batch."""
+    import tensorflow as tf  # loaded already: the server runs the model
+
+    try:
+        array = tf.make_ndarray(tensor)
+    except Exception as exc:  # malformed content for its dtype and shape
+        raise InvalidInput(f"input '{INPUT_NAME}' is not a readable tensor: {exc}") from None
+    if array.dtype.kind not in "uif" or array.size == 0:
+        raise InvalidInput(f"input '{INPUT_NAME}' must hold numbers (got {array.dtype})")
+    shape = list(array.shape)
+    if shape[1:] not in ([IMAGE_SIDE, IMAGE_SIDE, 1], [IMAGE_SIDE, IMAGE_SIDE], [PIXELS]):
+        raise InvalidInput(
+            f"input '{INPUT_NAME}' has shape {shape}; expected [N, 28, 28, 1], [N, 28, 28] or "
+            "[N, 784]"
+        )
+    if shape[0] > max_images:
+        raise InvalidInput(f"input '{INPUT_NAME}' holds {shape[0]} images; at most {max_images}")
+    return check_pixels(array.reshape(-1, IMAGE_SIDE, IMAGE_SIDE, 1), INPUT_NAME)
+
+
+def _tensor_info(name: str, dims: list[int]) -> Any:
+    from tensorflow.core.protobuf import meta_graph_pb2
+
+    info = meta_graph_pb2.TensorInfo(name=name, dtype=1)  # DT_FLOAT
+    for size in dims:
+        info.tensor_shape.dim.add(size=size)
+    return info
+
+
+class PredictionService(tfserving_grpc.PredictionServiceServicer):  # type: ignore[misc]
+    def __init__(self, plane: DataPlane, settings: Settings) -> None:
+        self.plane = plane
+        self.settings = settings
+
+    def _check_name(self, name: str) -> None:
+        if name != self.plane.name:
+            raise ModelNotFound(f"Servable not found for request: Latest({shown(name)})")
+
+    @abort_with
+    async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        import tensorflow as tf
+
+        plane, spec = self.plane, request.model_spec
+        self._check_name(spec.name)
+        _check_signature(spec)
+        version, label = _selection(spec)
+        remaining = context.time_remaining()
+        budget = plane.budget(None if remaining is None else max(remaining, 0.0) * 1000)
+        try:
+            plane.admit(spec.name, version, label, budget)
+        except Overloaded as refusal:
+            if remaining is not None and budget < plane.budget():
+                raise DeadlineExceeded(
+                    f"the call's deadline ({remaining * 1000:.0f} ms) is shorter than the time "
+                    "it would take to answer"
+                ) from refusal
+            raise
+        unknown = set(request.inputs) - {INPUT_NAME}
+        if unknown or INPUT_NAME not in request.inputs:
+            raise InvalidInput(
+                f"expected one input named '{INPUT_NAME}', got {sorted(request.inputs)}"
+            )
+        for name in request.output_filter:
+            if name != OUTPUT_NAME:
+                raise InvalidInput(f"output tensor alias not found in signature: {shown(name)}")
+        images = decode_tensor(request.inputs[INPUT_NAME], self.settings.max_request_images)
+        result = await plane.infer(images, spec.name, version, label, budget=budget)
+        response = tfserving.PredictResponse()
+        response.model_spec.name = result.model_name
+        response.model_spec.version.value = result.version
+        response.model_spec.signature_name = SIGNATURE_NAME
+        response.outputs[OUTPUT_NAME].CopyFrom(tf.make_tensor_proto(result.probabilities))
+        return response
+
+    @abort_with
+    async def GetModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        from tensorflow.core.protobuf import meta_graph_pb2
+
+        spec = request.model_spec
+        self._check_name(spec.name)
+        if list(request.metadata_field) != ["signature_def"]:
+            raise InvalidInput("metadata_field must be ['signature_def'], the only one served")
+        served = self.plane.resolve(spec.name, *_selection(spec))
+        signature = meta_graph_pb2.SignatureDef(method_name=PREDICT_METHOD)
+        signature.inputs[INPUT_NAME].CopyFrom(
+            _tensor_info(f"{SIGNATURE_NAME}_{INPUT_NAME}:0", [-1, 28, 28, 1])
+        )
+        signature.outputs[OUTPUT_NAME].CopyFrom(_tensor_info("StatefulPartitionedCall:0", [-1, 10]))
+        signatures = tfserving.SignatureDefMap()
+        signatures.signature_def[SIGNATURE_NAME].CopyFrom(signature)
+        response = tfserving.GetModelMetadataResponse()
+        response.model_spec.name = spec.name
+        response.model_spec.version.value = served.version
+        response.metadata["signature_def"].Pack(signatures)
+        return response
+
+
+class ModelService(tfserving_grpc.ModelServiceServicer):  # type: ignore[misc]
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+
+    @abort_with
+    async def GetModelStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        spec = request.model_spec
+        if spec.name != self.plane.name:
+            raise ModelNotFound(f"Servable not found for request: Latest({shown(spec.name)})")
+        version, label = _selection(spec)
+        if label is not None:
+            version = self.plane.resolve(spec.name, None, label).version
+        known = sorted(self.plane.status.values(), key=lambda s: s.version, reverse=True)
+        if version is not None:
+            known = [s for s in known if s.version == version]
+            if not known:
+                raise ModelNotFound(
+                    f"Servable not found for request: Specific({shown(spec.name)}, {version})"
+                )
+        states = tfserving.ModelVersionStatus.State
+        response = tfserving.GetModelStatusResponse()
+        for status in known:
+            entry = response.model_version_status.add(
+                version=status.version, state=states.Value(status.state.value)
+            )
+            entry.status.error_code = 2 if status.error else 0  # tensorflow.error UNKNOWN / OK
+            entry.status.error_message = status.error
+        return response

@@ -1,0 +1,152 @@
+"""TensorFlow Serving's gRPC API with the `tensorflow-serving-api` client package, unchanged.
+
+The package declares a dependency on the full `tensorflow` distribution; it is installed here
+without dependencies into a directory of its own (its messages need only TensorFlow's protos,
+which tensorflow-cpu ships), so the environment keeps one TensorFlow.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.conftest import LiveServer, free_port, launch_server, stop_server
+
+
+@pytest.fixture(scope="module")
+def tfs(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    target = tmp_path_factory.mktemp("tensorflow-serving-api")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target),
+         "tensorflow-serving-api==2.21.*"],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    sys.path.insert(0, str(target))
+    from tensorflow_serving.apis import (  # type: ignore[import-not-found]
+        get_model_metadata_pb2,
+        get_model_status_pb2,
+        model_service_pb2_grpc,
+        predict_pb2,
+        prediction_service_pb2_grpc,
+    )
+
+    class Api:
+        predict = predict_pb2
+        metadata = get_model_metadata_pb2
+        status = get_model_status_pb2
+        prediction = prediction_service_pb2_grpc
+        models = model_service_pb2_grpc
+
+    return Api
+
+
+@pytest.fixture(scope="module")
+def server(
+    trained_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[LiveServer, str]]:
+    port = free_port()
+    log = tmp_path_factory.mktemp("tfs-grpc") / "server.log"
+    live = launch_server(
+        trained_repository,
+        log,
+        MNIST_GRPC_PORT=str(port),
+        MNIST_MODEL_LABELS="stable=1",
+        MNIST_MAX_REQUEST_IMAGES="8",
+    )
+    yield live, f"127.0.0.1:{port}"
+    stop_server(live)
+
+
+def predict_request(api: Any, images: np.ndarray, **spec: Any) -> Any:
+    request = api.predict.PredictRequest()
+    request.model_spec.name = spec.pop("name", "mnist")
+    for key, value in spec.items():
+        if key == "version":
+            request.model_spec.version.value = value
+        else:
+            setattr(request.model_spec, key, value)
+    request.inputs["image"].CopyFrom(tf.make_tensor_proto(images))
+    return request
+
+
+def test_predict_as_tensorflow_serving_clients_call_it(
+    tfs: Any,
+    server: tuple[LiveServer, str],
+    digits: np.ndarray,
+    expected_digits: list[int],
+) -> None:
+    live, target = server
+    stub = tfs.prediction.PredictionServiceStub(grpc.insecure_channel(target))
+    images = digits[:8, ..., None].astype(np.float32)
+    answer = stub.Predict(predict_request(tfs, images, signature_name="serving_default"), 10)
+    probabilities = tf.make_ndarray(answer.outputs["probabilities"])
+    assert probabilities.argmax(axis=1).tolist() == expected_digits[:8]
+    assert answer.model_spec.version.value == 1
+    with live.client() as http:
+        rest = http.post("/v1/models/mnist:predict", json={"instances": images.tolist()}).json()
+    assert np.allclose(probabilities, rest["predictions"], atol=1e-6)
+    by_version = stub.Predict(predict_request(tfs, images[:2], version=1))
+    by_label = stub.Predict(predict_request(tfs, images[:2], version_label="stable"))
+    uint8 = stub.Predict(predict_request(tfs, digits[:2].astype(np.uint8)))
+    for answer in (by_version, by_label, uint8):
+        top = tf.make_ndarray(answer.outputs["probabilities"]).argmax(axis=1)
+        assert top.tolist() == expected_digits[:2]
+
+
+@pytest.mark.parametrize(
+    ("spec", "images", "code"),
+    [
+        ({"name": "nope"}, (1, 28, 28, 1), grpc.StatusCode.NOT_FOUND),
+        ({"version": 9}, (1, 28, 28, 1), grpc.StatusCode.NOT_FOUND),
+        ({"version_label": "canary"}, (1, 28, 28, 1), grpc.StatusCode.NOT_FOUND),
+        ({"signature_name": "other"}, (1, 28, 28, 1), grpc.StatusCode.INVALID_ARGUMENT),
+        ({}, (1, 27, 27), grpc.StatusCode.INVALID_ARGUMENT),
+        ({}, (9, 784), grpc.StatusCode.INVALID_ARGUMENT),
+    ],
+)
+def test_mistakes_get_tensorflow_servings_codes(
+    tfs: Any,
+    server: tuple[LiveServer, str],
+    spec: dict[str, Any],
+    images: tuple[int, ...],
+    code: grpc.StatusCode,
+) -> None:
+    _, target = server
+    stub = tfs.prediction.PredictionServiceStub(grpc.insecure_channel(target))
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.Predict(predict_request(tfs, np.zeros(images, np.float32), **spec))
+    assert refused.value.code() == code
+
+
+def test_metadata_and_status(tfs: Any, server: tuple[LiveServer, str]) -> None:
+    _, target = server
+    channel = grpc.insecure_channel(target)
+    request = tfs.metadata.GetModelMetadataRequest(metadata_field=["signature_def"])
+    request.model_spec.name = "mnist"
+    metadata = tfs.prediction.PredictionServiceStub(channel).GetModelMetadata(request)
+    signatures = tfs.metadata.SignatureDefMap()
+    assert metadata.metadata["signature_def"].Unpack(signatures)
+    signature = signatures.signature_def["serving_default"]
+    assert [d.size for d in signature.inputs["image"].tensor_shape.dim] == [-1, 28, 28, 1]
+    assert "probabilities" in signature.outputs
+    assert metadata.model_spec.version.value == 1
+
+    status_request = tfs.status.GetModelStatusRequest()
+    status_request.model_spec.name = "mnist"
+    status = tfs.models.ModelServiceStub(channel).GetModelStatus(status_request)
+    (version,) = status.model_version_status
+    assert version.version == 1
+    assert tfs.status.ModelVersionStatus.State.Name(version.state) == "AVAILABLE"
+    assert version.status.error_code == 0
+    status_request.model_spec.version.value = 5
+    with pytest.raises(grpc.RpcError) as missing:
+        tfs.models.ModelServiceStub(channel).GetModelStatus(status_request)
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
