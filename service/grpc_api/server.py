@@ -110,6 +110,24 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             )
 
 
+class ReadinessHealth(health_aio.HealthServicer):  # type: ignore[misc]
+    """The standard health service, answering Check for the inference service from the data
+    plane's readiness as it is now (Watch streams follow the poller below): a probe never
+    sees a readiness older than /readyz's."""
+
+    def __init__(self, plane: DataPlane) -> None:
+        super().__init__()
+        self.plane = plane
+        self.shutting_down = False
+
+    async def Check(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        if request.service == INFERENCE_SERVICE and not self.shutting_down:
+            status = health_pb2.HealthCheckResponse
+            ready = self.plane.ready
+            return status(status=status.SERVING if ready else status.NOT_SERVING)
+        return await super().Check(request, context)
+
+
 class GrpcServer:
     def __init__(self, settings: Settings, plane: DataPlane, metrics: Metrics) -> None:
         self.settings = settings
@@ -131,7 +149,7 @@ class GrpcServer:
             PredictionService(plane, settings), self.server
         )
         tfserving_grpc.add_ModelServiceServicer_to_server(ModelService(plane), self.server)
-        self.health = health_aio.HealthServicer()
+        self.health = ReadinessHealth(plane)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (INFERENCE_SERVICE, *TFSERVING_SERVICES,
@@ -165,5 +183,6 @@ class GrpcServer:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
+        self.health.shutting_down = True
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.shutdown_timeout_seconds)
