@@ -162,9 +162,34 @@ def test_triton_only_calls_are_unimplemented_and_deadlines_are_kept(
     tensor.set_data_from_numpy(np.zeros((1, 784), np.float32))
     with pytest.raises(InferenceServerException, match="DEADLINE_EXCEEDED"):
         client.infer("mnist", [tensor], client_timeout=0.000_001)  # gone before it could run
-    with pytest.raises(InferenceServerException, match="DEADLINE_EXCEEDED"):
-        client.infer("mnist", [tensor], client_timeout=0.000_1)  # shorter than any answer
     client.close()
+
+
+def test_a_deadline_the_queue_cannot_meet_is_refused_at_once(
+    start_server: Start, faulty_repository: Path
+) -> None:
+    """The client's deadline is the request's budget: with a model call of ~1.5 s under way, a
+    call allowed 300 ms is answered DEADLINE_EXCEEDED by the server at once, not at 300 ms."""
+    import threading
+
+    from tests.fault_model import HANG_PIXEL
+
+    port = free_port()
+    start_server(faulty_repository, MNIST_GRPC_PORT=str(port), MNIST_REQUEST_TIMEOUT_MS="5000")
+    target = f"127.0.0.1:{port}"
+    hang = np.zeros((1, 784), np.float32)
+    hang[0, 0], hang[0, 1] = HANG_PIXEL, 150  # the model spins 1.5 s
+    busy = threading.Thread(target=lambda: stub(target).ModelInfer(raw_request(hang), 10))
+    busy.start()
+    time.sleep(0.3)  # the hanging call is running
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as refused:
+        stub(target).ModelInfer(raw_request(np.zeros((1, 784), np.float32)), 0.3)
+    elapsed = time.monotonic() - started
+    busy.join(30)
+    assert refused.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "deadline" in refused.value.details()  # the server's words, not the client's timer
+    assert elapsed < 0.25
 
 
 def test_health_reflection_metrics_and_request_ids(grpc_server: tuple[LiveServer, str]) -> None:
