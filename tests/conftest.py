@@ -83,6 +83,19 @@ def faulty_repository(trained_repository: Path, tmp_path_factory: pytest.TempPat
     return repository
 
 
+@pytest.fixture(scope="session")
+def tensorflow_serving_api(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory holding the `tensorflow-serving-api` client package, installed without its
+    dependencies (it asks for the full tensorflow; its messages need only tensorflow-cpu's)."""
+    target = tmp_path_factory.mktemp("tensorflow-serving-api")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target),
+         "tensorflow-serving-api==2.21.*"],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    return target
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -121,19 +121,6 @@ def workdir(tmp_path_factory: pytest.TempPathFactory, trained_repository: Path) 
 
 
 @pytest.fixture(scope="module")
-def tensorflow_serving_api(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The README's TF Serving client example needs `tensorflow-serving-api`, which the README
-    says to install without its dependencies (it asks for the full tensorflow)."""
-    target = tmp_path_factory.mktemp("tensorflow-serving-api")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target),
-         "tensorflow-serving-api==2.21.*"],
-        check=True, capture_output=True, timeout=300,
-    )  # fmt: skip
-    return target
-
-
-@pytest.fixture(scope="module")
 def readme_server(
     trained_repository: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[LiveServer, int]]:

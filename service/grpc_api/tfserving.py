@@ -13,7 +13,8 @@ import numpy.typing as npt
 
 from service.dataplane import DataPlane
 from service.decoding import IMAGE_SIDE, PIXELS, check_pixels
-from service.errors import DeadlineExceeded, InvalidInput, ModelNotFound, Overloaded
+from service.errors import InvalidInput, ModelNotFound
+from service.grpc_api.admission import admit_within_deadline
 from service.grpc_api.errors import abort_with
 from service.grpc_api.tfserving_protos import tfserving, tfserving_grpc
 from service.params import parse_label, shown
@@ -91,17 +92,7 @@ class PredictionService(tfserving_grpc.PredictionServiceServicer):  # type: igno
         self._check_name(spec.name)
         _check_signature(spec)
         version, label = _selection(spec)
-        remaining = context.time_remaining()
-        budget = plane.budget(None if remaining is None else max(remaining, 0.0) * 1000)
-        try:
-            plane.admit(spec.name, version, label, budget)
-        except Overloaded as refusal:
-            if remaining is not None and budget < plane.budget():
-                raise DeadlineExceeded(
-                    f"the call's deadline ({remaining * 1000:.0f} ms) is shorter than the time "
-                    "it would take to answer"
-                ) from refusal
-            raise
+        budget = admit_within_deadline(plane, context, spec.name, version, label)
         unknown = set(request.inputs) - {INPUT_NAME}
         if unknown or INPUT_NAME not in request.inputs:
             raise InvalidInput(

@@ -17,7 +17,8 @@ import numpy.typing as npt
 from service import __version__
 from service.dataplane import DataPlane
 from service.decoding import IMAGE_SIDE, PIXELS, check_pixels
-from service.errors import DeadlineExceeded, InvalidInput, ModelNotFound, Overloaded
+from service.errors import InvalidInput, ModelNotFound
+from service.grpc_api.admission import admit_within_deadline
 from service.grpc_api.errors import abort_with
 from service.grpc_api.protos import inference, inference_grpc
 from service.params import parse_version, shown
@@ -149,19 +150,7 @@ class InferenceService(inference_grpc.GRPCInferenceServiceServicer):  # type: ig
         plane = self.plane
         self._check_name(request.model_name)
         version = version_of(request.model_version)
-        # The client's gRPC deadline is the request's budget, if it is the shorter.
-        remaining = context.time_remaining()
-        budget = plane.budget(None if remaining is None else max(remaining, 0.0) * 1000)
-        try:
-            plane.admit(request.model_name, version, None, budget)
-        except Overloaded as refusal:
-            if remaining is not None and budget < plane.budget():
-                # Too late for the caller's own deadline: retrying would not help.
-                raise DeadlineExceeded(
-                    f"the call's deadline ({remaining * 1000:.0f} ms) is shorter than the time "
-                    "it would take to answer"
-                ) from refusal
-            raise
+        budget = admit_within_deadline(plane, context, request.model_name, version, None)
         images = decode_images(request, self.settings.max_request_images)
         outputs = requested_outputs(request)
         result = await plane.infer(images, request.model_name, version, budget=budget)

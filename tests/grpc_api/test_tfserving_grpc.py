@@ -7,7 +7,6 @@ which tensorflow-cpu ships), so the environment keeps one TensorFlow.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,14 +21,8 @@ from tests.conftest import LiveServer, free_port, launch_server, stop_server
 
 
 @pytest.fixture(scope="module")
-def tfs(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    target = tmp_path_factory.mktemp("tensorflow-serving-api")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target),
-         "tensorflow-serving-api==2.21.*"],
-        check=True, capture_output=True, timeout=300,
-    )  # fmt: skip
-    sys.path.insert(0, str(target))
+def tfs(tensorflow_serving_api: Path) -> Any:
+    sys.path.insert(0, str(tensorflow_serving_api))
     from tensorflow_serving.apis import (  # type: ignore[import-not-found]
         get_model_metadata_pb2,
         get_model_status_pb2,
