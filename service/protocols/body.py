@@ -11,6 +11,7 @@ from starlette.responses import Response
 from service.dataplane import DataPlane
 from service.decoding import may_hold_booleans, parse_json
 from service.errors import MalformedRequest, PayloadTooLarge, UnsupportedMediaType
+from service.fastjson import Path
 from service.params import parse_length_header
 from service.settings import Settings
 
@@ -61,14 +62,19 @@ def require_json_content_type(request: Request, *, lenient: bool = False) -> Non
 
 
 async def read_json(
-    request: Request, settings: Settings, *, lenient: bool = False
+    request: Request,
+    settings: Settings,
+    *,
+    lenient: bool = False,
+    blocks: frozenset[Path] = frozenset(),
 ) -> tuple[Any, bool]:
-    """The parsed body, and whether it may hold JSON booleans (see `may_hold_booleans`)."""
+    """The parsed body (pixel arrays at `blocks` possibly as ndarrays, see `parse_json`), and
+    whether it may hold JSON booleans (see `may_hold_booleans`)."""
     require_json_content_type(request, lenient=lenient)
     body = await read_body(request, settings.max_body_bytes)
     if not body:
         raise MalformedRequest("request body is empty; send a JSON object")
-    return parse_json(body), may_hold_booleans(body)
+    return parse_json(body, blocks), may_hold_booleans(body)
 
 
 def json_response(

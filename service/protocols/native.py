@@ -18,6 +18,8 @@ from service.schemas import ERROR_RESPONSES, PredictRequest, PredictResponse, re
 
 router = APIRouter(tags=["native"])
 
+PIXEL_BLOCKS = frozenset({("instances",)})
+
 VersionQuery = Annotated[
     str | None, Query(description="Answer with this version (default: newest)", examples=["1"])
 ]
@@ -48,7 +50,7 @@ async def predict(
     """Each image is 28x28 (or 784 flat) numbers, 0 background to 255 ink."""
     settings = settings_of(request)
     call = admit(request, settings.model_name, *chosen_version(version, label))
-    payload, check_booleans = await read_json(request, settings)
+    payload, check_booleans = await read_json(request, settings, blocks=PIXEL_BLOCKS)
     if not isinstance(payload, dict) or "instances" not in payload:
         raise InvalidInput('body must be a JSON object with an "instances" list of images')
     images = images_from_nested(

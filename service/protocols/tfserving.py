@@ -24,6 +24,8 @@ from service.schemas import ERROR_RESPONSES, TFSERVING_PREDICT_DOC
 
 router = APIRouter(tags=["tensorflow-serving"])
 
+PIXEL_BLOCKS = frozenset({("instances",), ("inputs",)})
+
 
 def images_from_tfs_payload(
     payload: Any, max_images: int, check_booleans: bool = True
@@ -68,7 +70,7 @@ async def _predict(
 ) -> Response:
     settings = settings_of(request)
     call = admit(request, name, version, label)  # 404 or 503 before the body is read
-    payload, check_booleans = await read_json(request, settings, lenient=True)
+    payload, check_booleans = await read_json(request, settings, lenient=True, blocks=PIXEL_BLOCKS)
     images, columnar = images_from_tfs_payload(payload, settings.max_request_images, check_booleans)
     result = await call.infer(images)
     key = "outputs" if columnar else "predictions"

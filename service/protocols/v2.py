@@ -59,6 +59,7 @@ DATATYPES: dict[str, np.dtype[Any]] = {
     "FP64": np.dtype("<f8"),
 }
 ACCEPTED_SHAPES = "[N, 28, 28, 1], [N, 28, 28] or [N, 784]"
+PIXEL_BLOCKS = frozenset({("inputs", "*", "data")})
 
 
 @health_router.get("/v2", summary="Server metadata (V2)")
@@ -155,7 +156,7 @@ def decode_infer_request(
                 f"{BINARY_HEADER} is {json_size} but the body has {len(body)} bytes"
             )
         body, binary = body[:json_size], body[json_size:]
-    payload = parse_json(body)
+    payload = parse_json(body, PIXEL_BLOCKS)
     if not isinstance(payload, dict):
         raise InvalidInput("inference request must be a JSON object")
     inputs = payload.get("inputs")
@@ -233,7 +234,7 @@ def _decode_tensor(
         flat: npt.NDArray[Any] = np.frombuffer(binary, dtype=dtype)
     else:
         data = tensor.get("data")
-        if not isinstance(data, list):
+        if not isinstance(data, list | np.ndarray):
             raise InvalidInput(f"input '{INPUT_NAME}' needs 'data' (a list of numbers)")
         flat = to_number_array(data, "data", check_booleans).reshape(-1)
         if flat.size != elements:
