@@ -7,6 +7,7 @@ here; each class only sends and sleeps its own way.
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,9 @@ RETRY_STATUSES = frozenset({429, 503})
 # Network failures before any answer arrived: the request may be sent again (a prediction has
 # no side effects).
 RETRY_ERRORS = (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError)
+
+_RAW_TYPE = {"Content-Type": "application/octet-stream"}
+_NPY_TYPE = {"Content-Type": "application/x-npy"}
 
 ImageFile = str | Path | bytes | tuple[str, bytes]
 """A path, raw image bytes, or (name, bytes)."""
@@ -50,8 +54,9 @@ class _Call:
     method: str
     path: str
     params: dict[str, str]
-    json: Any = None
     files: list[tuple[str, tuple[str, bytes, str]]] | None = None
+    content: bytes | None = None
+    headers: dict[str, str] | None = None
 
 
 def _version_params(version: int | str | None, label: str | None) -> dict[str, str]:
@@ -71,15 +76,17 @@ def _predict_call(images: npt.ArrayLike, version: int | str | None, label: str |
         array = array[..., 0]
     if array.ndim not in (2, 3) or array.shape[1:] not in ((28, 28), (784,)):
         raise ValueError(f"images must be 28x28 or 784 values each, got shape {array.shape}")
-    # Integers travel as integers (a third of the bytes of floats, and faster to parse).
-    if np.issubdtype(array.dtype, np.floating) and np.array_equal(array, np.round(array)):
-        array = array.astype(np.int32)
-    return _Call(
-        "POST",
-        "/v1/predict",
-        _version_params(version, label),
-        json={"instances": array.tolist()},
-    )
+    if array.dtype.kind not in "iuf":
+        raise ValueError(f"images must hold numbers, got dtype {array.dtype}")
+    # Binary, not JSON: whole-number pixels in 0-255 travel as one byte each (the server reads
+    # them without parsing); anything else as a .npy file of float32, checked by the server.
+    params = _version_params(version, label)
+    if np.array_equal(array, np.clip(np.round(array), 0, 255)):
+        raw = array.astype(np.uint8).tobytes()
+        return _Call("POST", "/v1/predict", params, content=raw, headers=_RAW_TYPE)
+    buffer = io.BytesIO()
+    np.save(buffer, array.astype(np.float32))
+    return _Call("POST", "/v1/predict", params, content=buffer.getvalue(), headers=_NPY_TYPE)
 
 
 def _read_file(item: ImageFile, index: int) -> tuple[str, bytes]:
@@ -165,8 +172,9 @@ class _Settings:
             "method": call.method,
             "url": call.path,
             "params": call.params,
-            "json": call.json,
             "files": call.files,
+            "content": call.content,
+            "headers": call.headers,
         }
 
 

@@ -71,7 +71,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
         400: "Malformed JSON (or, in the TF Serving and V2 APIs, invalid input)",
         404: "Unknown model or version",
         413: "Body larger than the configured limit",
-        415: "Content-Type is not JSON",
+        415: "Content-Type not accepted by the route",
         422: "Valid JSON, but not valid images",
         503: "Model not ready, or server overloaded (see Retry-After)",
         504: "Request deadline passed while it waited for the model",
@@ -79,14 +79,26 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
 }
 
 
-def request_body_doc(model: type[BaseModel]) -> dict[str, object]:
-    """An `openapi_extra` documenting a body the route reads itself."""
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": model.model_json_schema()}},
-        }
+_BINARY_BODY = {"schema": {"type": "string", "format": "binary"}}
+
+# The native predict route reads its body itself, in one of three forms.
+PREDICT_DOC: dict[str, object] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": PredictRequest.model_json_schema()},
+            "application/octet-stream": {
+                **_BINARY_BODY,
+                "description": "N x 784 bytes: each image's 28x28 uint8 pixels, row by row.",
+            },
+            "application/x-npy": {
+                **_BINARY_BODY,
+                "description": "A .npy file (numpy.save) of shape (N, 28, 28), (N, 784) or "
+                "(N, 28, 28, 1), any integer or float dtype, pixels 0-255.",
+            },
+        },
     }
+}
 
 
 _FLAT_EXAMPLE = [pixel for row in _EXAMPLE_IMAGE for pixel in row]

@@ -46,18 +46,24 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     return bytes(chunks)
 
 
-def require_json_content_type(request: Request, *, lenient: bool = False) -> None:
-    """JSON bodies must say so; `lenient` also takes curl's default form type (TF Serving does)."""
+def media_type(request: Request) -> str | None:
+    """The Content-Type without its parameters, lower case; None when the client sent none."""
     content_type = request.headers.get("content-type")
-    if content_type is None:
+    return None if content_type is None else content_type.split(";", 1)[0].strip().lower()
+
+
+def require_json_content_type(request: Request, *, lenient: bool = False, also: str = "") -> None:
+    """JSON bodies must say so; `lenient` also takes curl's default form type (TF Serving does).
+    `also` names the route's other accepted types in the 415 message."""
+    media = media_type(request)
+    if media is None:
         return
-    media = content_type.split(";", 1)[0].strip().lower()
     if media == "application/json" or media.endswith("+json"):
         return
     if lenient and media in ("application/x-www-form-urlencoded", "text/plain"):
         return
     raise UnsupportedMediaType(
-        f"unsupported Content-Type '{media}'; send the body as application/json"
+        f"unsupported Content-Type '{media}'; send the body as application/json{also}"
     )
 
 
@@ -67,10 +73,11 @@ async def read_json(
     *,
     lenient: bool = False,
     blocks: frozenset[Path] = frozenset(),
+    also: str = "",
 ) -> tuple[Any, bool]:
     """The parsed body (pixel arrays at `blocks` possibly as ndarrays, see `parse_json`), and
     whether it may hold JSON booleans (see `may_hold_booleans`)."""
-    require_json_content_type(request, lenient=lenient)
+    require_json_content_type(request, lenient=lenient, also=also)
     body = await read_body(request, settings.max_body_bytes)
     if not body:
         raise MalformedRequest("request body is empty; send a JSON object")

@@ -8,17 +8,19 @@ from fastapi import APIRouter, Query
 from starlette.requests import Request
 from starlette.responses import Response
 
+from service.binary import NPY_MEDIA_TYPE, RAW_MEDIA_TYPE, images_from_npy, images_from_raw
 from service.dataplane import Inference
 from service.decoding import images_from_nested
 from service.errors import InvalidInput
 from service.params import parse_label, parse_version
 from service.protocols.admission import admit
-from service.protocols.body import json_response, read_json, settings_of
-from service.schemas import ERROR_RESPONSES, PredictRequest, PredictResponse, request_body_doc
+from service.protocols.body import json_response, media_type, read_body, read_json, settings_of
+from service.schemas import ERROR_RESPONSES, PREDICT_DOC, PredictResponse
 
 router = APIRouter(tags=["native"])
 
 PIXEL_BLOCKS = frozenset({("instances",)})
+BINARY_TYPES = f", {RAW_MEDIA_TYPE} (N x 784 uint8 pixels) or {NPY_MEDIA_TYPE} (a .npy file)"
 
 VersionQuery = Annotated[
     str | None, Query(description="Answer with this version (default: newest)", examples=["1"])
@@ -42,23 +44,32 @@ def chosen_version(version: str | None, label: str | None) -> tuple[int | None, 
     summary="Classify handwritten digits",
     response_model=PredictResponse,
     responses=ERROR_RESPONSES,
-    openapi_extra=request_body_doc(PredictRequest),
+    openapi_extra=PREDICT_DOC,
 )
 async def predict(
     request: Request, version: VersionQuery = None, label: LabelQuery = None
 ) -> Response:
-    """Each image is 28x28 (or 784 flat) numbers, 0 background to 255 ink."""
+    """Each image is 28x28 (or 784 flat) numbers, 0 background to 255 ink: as JSON, or as
+    binary (`application/octet-stream`: N x 784 uint8 bytes; `application/x-npy`: a .npy file)."""
     settings = settings_of(request)
     call = admit(request, settings.model_name, *chosen_version(version, label))
-    payload, check_booleans = await read_json(request, settings, blocks=PIXEL_BLOCKS)
-    if not isinstance(payload, dict) or "instances" not in payload:
-        raise InvalidInput('body must be a JSON object with an "instances" list of images')
-    images = images_from_nested(
-        payload["instances"],
-        field="instances",
-        max_images=settings.max_request_images,
-        check_booleans=check_booleans,
-    )
+    media = media_type(request)
+    if media in (RAW_MEDIA_TYPE, NPY_MEDIA_TYPE):
+        body = await read_body(request, settings.max_body_bytes)
+        decode = images_from_raw if media == RAW_MEDIA_TYPE else images_from_npy
+        images = decode(body, settings.max_request_images)
+    else:
+        payload, check_booleans = await read_json(
+            request, settings, blocks=PIXEL_BLOCKS, also=BINARY_TYPES
+        )
+        if not isinstance(payload, dict) or "instances" not in payload:
+            raise InvalidInput('body must be a JSON object with an "instances" list of images')
+        images = images_from_nested(
+            payload["instances"],
+            field="instances",
+            max_images=settings.max_request_images,
+            check_booleans=check_booleans,
+        )
     return json_response(native_body(await call.infer(images)))
 
 
