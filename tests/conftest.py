@@ -141,6 +141,9 @@ def launch_server(
         "MNIST_PORT": str(port),
         "MNIST_MODEL_POLL_SECONDS": "0.2",
         "MNIST_GRPC_PORT": "0",  # off unless a test asks: servers run side by side
+        # No load balancer to wait for: stopping takes a second, not the 5 s grace (tests of the
+        # drain set their own).
+        "MNIST_DRAIN_GRACE_SECONDS": "0",
         "TF_CPP_MIN_LOG_LEVEL": "2",
         **env,
     }
