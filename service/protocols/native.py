@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import numpy as np
+import numpy.typing as npt
 from fastapi import APIRouter, Query
 from starlette.requests import Request
 from starlette.responses import Response
@@ -62,15 +64,21 @@ async def predict(
         payload, check_booleans = await read_json(
             request, settings, blocks=PIXEL_BLOCKS, also=BINARY_TYPES
         )
-        if not isinstance(payload, dict) or "instances" not in payload:
-            raise InvalidInput('body must be a JSON object with an "instances" list of images')
-        images = images_from_nested(
-            payload["instances"],
-            field="instances",
-            max_images=settings.max_request_images,
-            check_booleans=check_booleans,
-        )
+        images = images_from_native_payload(payload, settings.max_request_images, check_booleans)
     return json_response(native_body(await call.infer(images)))
+
+
+def images_from_native_payload(
+    payload: Any, max_images: int, check_booleans: bool = True
+) -> npt.NDArray[np.float32]:
+    if not isinstance(payload, dict) or "instances" not in payload:
+        raise InvalidInput('body must be a JSON object with an "instances" list of images')
+    return images_from_nested(
+        payload["instances"],
+        field="instances",
+        max_images=max_images,
+        check_booleans=check_booleans,
+    )
 
 
 def native_body(result: Inference) -> dict[str, Any]:

@@ -17,9 +17,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.decoding import images_from_nested, parse_json
-from service.errors import InvalidInput
+from service.decoding import images_from_nested, may_hold_booleans, parse_json
+from service.errors import InvalidInput, ServingError
 from service.fastjson import Path, parse_with_blocks
+from service.protocols import native, tfserving, v2
+from service.settings import Settings
+from tests.service.test_errors import CASES as ERROR_TABLE
 
 INSTANCES: frozenset[Path] = frozenset({("instances",)})
 V2_DATA: frozenset[Path] = frozenset({("inputs", "*", "data")})
@@ -144,3 +147,37 @@ def test_every_regular_block_of_pixels_takes_the_fast_path(block: Any) -> None:
     fast = parse_with_blocks(body, INSTANCES)
     assert fast is not None
     assert same(fast, orjson.loads(body))
+
+
+def decode(path: str, body: bytes, fast: bool, monkeypatch: pytest.MonkeyPatch) -> object:
+    """What the route's decoding makes of `body`: the images, or the error it raises."""
+    settings = Settings(max_request_images=4)
+    try:
+        if path.startswith("/v2/"):
+            if not fast:
+                monkeypatch.setattr(v2, "PIXEL_BLOCKS", frozenset())
+            return v2.decode_infer_request(body, None, settings).images
+        if path.startswith("/v1/models/"):
+            payload = parse_json(body, tfserving.PIXEL_BLOCKS if fast else frozenset())
+            return tfserving.images_from_tfs_payload(payload, 4, may_hold_booleans(body))[0]
+        payload = parse_json(body, native.PIXEL_BLOCKS if fast else frozenset())
+        return native.images_from_native_payload(payload, 4, may_hold_booleans(body))
+    except ServingError as error:
+        return type(error), error.message
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [(case[1], case[2]) for case in ERROR_TABLE if case[3] == "application/json"],
+    ids=[case[0] for case in ERROR_TABLE if case[3] == "application/json"],
+)
+def test_the_error_table_decodes_the_same_with_and_without_the_fast_path(
+    path: str, body: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fast = decode(path, body, True, monkeypatch)
+    standard = decode(path, body, False, monkeypatch)
+    if isinstance(standard, np.ndarray):  # the route refuses it later (model, version...)
+        assert isinstance(fast, np.ndarray)
+        assert (fast == standard).all()
+    else:
+        assert fast == standard
