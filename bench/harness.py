@@ -40,12 +40,15 @@ def ensure_model(repository: Path, data_dir: str | None) -> None:
     subprocess.run(command, check=True, stdout=sys.stderr)
 
 
-def request_body(images: int, data_dir: str | None) -> bytes:
-    """Real test digits, as a client would send them: 28x28 nested lists of integers."""
+def request_body(images: int, data_dir: str | None, kind: str = "json") -> bytes:
+    """Real test digits, as a client would send them: 28x28 nested lists of integers (`json`),
+    or their uint8 pixels (`raw`, for `application/octet-stream`)."""
     sys.path.insert(0, str(HERE.parent))
     from training.data import load_mnist
 
     digits = load_mnist(data_dir).test_images[:images]
+    if kind == "raw":
+        return digits.tobytes()
     return json.dumps({"instances": digits.tolist()}).encode()
 
 
@@ -120,31 +123,49 @@ def served(
 
 
 CEILING_CODE = """
-import time, numpy as np, tensorflow as tf
+import sys, time, numpy as np
 from pathlib import Path
+sys.path.insert(0, {root!r})
+from service.runtime import configure_tensorflow, load_model
+configure_tensorflow({threads}, {threads})
 model_dir = Path({model_dir!r})
 newest = max(int(p.name) for p in model_dir.iterdir() if p.name.isdigit())
-signature = tf.saved_model.load(str(model_dir / str(newest))).signatures["serving_default"]
-x = tf.constant(np.random.default_rng(0).integers(0, 256, ({batch}, 28, 28, 1)), tf.float32)
+model = load_model("mnist", newest, model_dir / str(newest), {runtime!r}, {threads})
+x = np.random.default_rng(0).integers(0, 256, ({batch}, 28, 28, 1)).astype(np.float32)
 for _ in range(20):
-    signature(image=x)
+    model.predict(x)
 calls, start = 0, time.perf_counter()
 while time.perf_counter() - start < {seconds}:
-    signature(image=x)["probabilities"].numpy()
+    model.predict(x)
     calls += 1
 print(calls * {batch} / (time.perf_counter() - start))
 """
 
 
-def in_process_ceiling(repository: Path, core: str, batch: int, seconds: float) -> float:
-    """Images/s of the SavedModel signature called directly, on the server's core(s)."""
-    code = CEILING_CODE.format(model_dir=str(repository / "mnist"), batch=batch, seconds=seconds)
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+def in_process_ceiling(
+    repository: Path,
+    core: str,
+    batch: int,
+    seconds: float,
+    runtime: str = "savedmodel",
+    threads: int = 0,
+    env: dict[str, str] | None = None,
+) -> float:
+    """Images/s of the model called directly as the server calls it (`LoadedModel.predict` of
+    `runtime`), on the server's core(s): the ceiling any serving figure is compared with."""
+    code = CEILING_CODE.format(
+        root=str(Path(__file__).resolve().parents[1]),
+        model_dir=str(repository.resolve() / "mnist"),
+        runtime=runtime,
+        threads=threads,
+        batch=batch,
+        seconds=seconds,
+    )
     result = subprocess.run(
         ["taskset", "-c", core, sys.executable, "-c", code],
         check=True,
         capture_output=True,
         text=True,
-        env=env,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
     )
     return float(result.stdout.strip().splitlines()[-1])

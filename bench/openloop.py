@@ -127,12 +127,17 @@ def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
 
 
 def http_request(
-    host: str, port: int, path: str, body: bytes, headers: dict[str, str] | None = None
+    host: str,
+    port: int,
+    path: str,
+    body: bytes,
+    headers: dict[str, str] | None = None,
+    content_type: str = "application/json",
 ) -> bytes:
     lines = [
         f"POST {path} HTTP/1.1",
         f"Host: {host}:{port}",
-        "Content-Type: application/json",
+        f"Content-Type: {content_type}",
         f"Content-Length: {len(body)}",
         *(f"{k}: {v}" for k, v in (headers or {}).items()),
     ]

@@ -76,20 +76,28 @@ def main() -> None:
     parser.add_argument("--factors", default="1,2,5")
     parser.add_argument("--server-core", default="1")
     parser.add_argument("--client-core", default="0")
+    parser.add_argument("--runtime", default="savedmodel", help="the server's MNIST_RUNTIME")
+    parser.add_argument(
+        "--body", choices=["json", "raw"], default="json", help="raw: N x 784 uint8 bytes"
+    )
     args = parser.parse_args()
     os.sched_setaffinity(0, {int(args.client_core)})
     ensure_model(args.model_repository, args.data_dir)
-    body = request_body(args.images, args.data_dir)
+    body = request_body(args.images, args.data_dir, args.body)
     port = 18201
-    request = http_request(HOST, port, "/v1/predict", body)
-    ceiling = in_process_ceiling(args.model_repository, args.server_core, args.images, 5)
+    media = "application/octet-stream" if args.body == "raw" else "application/json"
+    request = http_request(HOST, port, "/v1/predict", body, content_type=media)
+    ceiling = in_process_ceiling(
+        args.model_repository, args.server_core, args.images, 5, args.runtime
+    )
     print(
-        f"# {time.strftime('%Y-%m-%d')} {args.images}-image requests, server core "
-        f"{args.server_core}, generator core {args.client_core}, {args.seconds:.0f} s per phase",
+        f"# {time.strftime('%Y-%m-%d')} {args.images}-image {args.body} requests, server core "
+        f"{args.server_core} ({args.runtime} runtime), generator core {args.client_core}, "
+        f"{args.seconds:.0f} s per phase",
         flush=True,
     )
     print(f"ceiling batch={args.images} images_per_s={ceiling:.0f}", flush=True)
-    with served(args.model_repository, port, args.server_core) as server:
+    with served(args.model_repository, port, args.server_core, runtime=args.runtime) as server:
         asyncio.run(closed_loop(HOST, port, request, 8, 3))  # warm
         runs = [asyncio.run(closed_loop(HOST, port, request, 8, 8)) for _ in range(3)]
         capacity = statistics.median(sum(o.status == 200 for o in run) / 8 for run in runs)

@@ -44,7 +44,25 @@ SCENARIOS = [
 ]
 
 
-def wrk(url: str, body_file: Path, concurrency: int, seconds: int, core: str) -> dict[str, float]:
+CONTENT_TYPES = {"json": "application/json", "raw": "application/octet-stream"}
+COMPARISONS = {
+    # --compare: the two servers measured side by side, A B A B
+    "batching": (("batching=on", {"batching": "true"}), ("batching=off", {"batching": "false"})),
+    "runtime": (
+        ("runtime=savedmodel", {"runtime": "savedmodel"}),
+        ("runtime=tflite", {"runtime": "tflite"}),
+    ),
+}
+
+
+def wrk(
+    url: str,
+    body_file: Path,
+    concurrency: int,
+    seconds: int,
+    core: str,
+    content_type: str = "application/json",
+) -> dict[str, float]:
     command = [
         "taskset",
         "-c",
@@ -63,6 +81,7 @@ def wrk(url: str, body_file: Path, concurrency: int, seconds: int, core: str) ->
         url + "/v1/predict",
         "--",
         str(body_file),
+        content_type,
     ]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     summary: dict[str, float] = json.loads(output.strip().splitlines()[-1])
@@ -83,6 +102,10 @@ def main() -> None:
         action="store_false",
         help="serve without the per-request JSON log line (on by default, as in production)",
     )
+    parser.add_argument("--compare", choices=sorted(COMPARISONS), default="batching")
+    parser.add_argument(
+        "--body", choices=sorted(CONTENT_TYPES), default="json", help="raw: N x 784 uint8 bytes"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: apt-get install wrk")
@@ -92,58 +115,69 @@ def main() -> None:
     bodies = {}
     for images in sorted({n for _, n, _ in SCENARIOS}):
         bodies[images] = workdir / f"body-{images}.json"
-        bodies[images].write_bytes(request_body(images, args.data_dir))
+        bodies[images].write_bytes(request_body(images, args.data_dir, args.body))
+    content_type = CONTENT_TYPES[args.body]
+    (name_a, settings_a), (name_b, settings_b) = COMPARISONS[args.compare]
 
     print(
         f"# {time.strftime('%Y-%m-%d')} server core {args.server_core}, wrk core "
         f"{args.client_core}, {args.seconds} s x {args.repeats} per figure, medians, "
-        f"access log {'on' if args.access_log else 'off'}",
+        f"access log {'on' if args.access_log else 'off'}, {args.body} bodies",
         flush=True,
     )
+    runtimes = sorted({s.get("runtime", "savedmodel") for s in (settings_a, settings_b)})
     for batch in (1, 32, 256):
-        ceiling = [
-            in_process_ceiling(args.model_repository, args.server_core, batch, 5)
-            for _ in range(args.repeats)
-        ]
-        print(
-            f"ceiling batch={batch} cores={args.server_core} "
-            f"images_per_s={statistics.median(ceiling):.0f}",
-            flush=True,
-        )
+        for runtime in runtimes:
+            ceiling = [
+                in_process_ceiling(args.model_repository, args.server_core, batch, 5, runtime)
+                for _ in range(args.repeats)
+            ]
+            print(
+                f"ceiling runtime={runtime} batch={batch} cores={args.server_core} "
+                f"images_per_s={statistics.median(ceiling):.0f}",
+                flush=True,
+            )
 
-    results: dict[tuple[str, int, bool], list[dict[str, float]]] = {}
+    results: dict[tuple[str, int, str], list[dict[str, float]]] = {}
     log_on = str(args.access_log).lower()
     with (
         served(
-            args.model_repository, 18101, args.server_core, batching="true", access_log=log_on
-        ) as server_on,
+            args.model_repository, 18101, args.server_core, access_log=log_on, **settings_a
+        ) as server_a,
         served(
-            args.model_repository, 18102, args.server_core, batching="false", access_log=log_on
-        ) as server_off,
+            args.model_repository, 18102, args.server_core, access_log=log_on, **settings_b
+        ) as server_b,
     ):
-        on, off = server_on.url, server_off.url
+        urls = {name_a: server_a.url, name_b: server_b.url}
         for name, images, concurrency in SCENARIOS:
-            for url in (on, off):  # warm both
-                wrk(url, bodies[images], concurrency, 2, args.client_core)
+            for url in urls.values():  # warm both
+                wrk(url, bodies[images], concurrency, 2, args.client_core, content_type)
             for _ in range(args.repeats):
-                for batching, url in ((True, on), (False, off)):
-                    run = wrk(url, bodies[images], concurrency, args.seconds, args.client_core)
-                    results.setdefault((name, concurrency, batching), []).append(run)
-            for batching in (True, False):
-                runs = results[(name, concurrency, batching)]
+                for variant, url in urls.items():
+                    run = wrk(
+                        url,
+                        bodies[images],
+                        concurrency,
+                        args.seconds,
+                        args.client_core,
+                        content_type,
+                    )
+                    results.setdefault((name, concurrency, variant), []).append(run)
+            for variant in urls:
+                runs = results[(name, concurrency, variant)]
                 rps = statistics.median(r["requests"] / r["seconds"] for r in runs)
                 print(
                     f"http scenario={name} images_per_request={images} concurrency={concurrency} "
-                    f"batching={'on' if batching else 'off'} requests_per_s={rps:.0f} "
+                    f"{variant} requests_per_s={rps:.0f} "
                     f"images_per_s={rps * images:.0f} "
                     f"p50_ms={statistics.median(r['p50_us'] for r in runs) / 1000:.2f} "
                     f"p99_ms={statistics.median(r['p99_us'] for r in runs) / 1000:.2f} "
                     f"errors={sum(r['errors'] for r in runs):.0f}",
                     flush=True,
                 )
-        for batching, handle in (("on", server_on), ("off", server_off)):
+        for variant, handle in ((name_a, server_a), (name_b, server_b)):
             print(
-                f"server batching={batching} peak_rss_mib={rss_mib(handle.pid, 'VmHWM'):.0f}",
+                f"server {variant} peak_rss_mib={rss_mib(handle.pid, 'VmHWM'):.0f}",
                 flush=True,
             )
     shutil.rmtree(workdir, ignore_errors=True)

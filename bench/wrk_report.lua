@@ -1,5 +1,5 @@
 -- wrk script: POST the body file given as the first script argument, print one JSON summary line.
--- Usage: wrk -s bench/wrk_report.lua URL -- BODY_FILE
+-- Usage: wrk -s bench/wrk_report.lua URL -- BODY_FILE [CONTENT_TYPE]
 local body_file
 
 function init(args)
@@ -8,7 +8,7 @@ function init(args)
   wrk.body = f:read("*a")
   f:close()
   wrk.method = "POST"
-  wrk.headers["Content-Type"] = "application/json"
+  wrk.headers["Content-Type"] = args[2] or "application/json"
 end
 
 function done(summary, latency, requests)

@@ -33,6 +33,7 @@ FLAGS: dict[str, str] = {
     "--max-batch-delay-ms": "max_batch_delay_ms",
     "--max-queue-images": "max_queue_images",
     "--request-timeout-ms": "request_timeout_ms",
+    "--runtime": "runtime",
 }
 
 

@@ -26,7 +26,7 @@ import numpy.typing as npt
 from service.batcher import DynamicBatcher
 from service.cost import CostModel
 from service.errors import InvalidInput, ModelNotFound, ModelNotReady, VersionUnloading
-from service.gate import check_correctness
+from service.gate import check_correctness, check_runtime_agrees
 from service.metrics import BatcherMetrics, Metrics
 from service.params import shown
 from service.repository import ModelRepository, RepositoryUnavailable
@@ -398,10 +398,12 @@ class DataPlane:
         )
         served.batcher.start()
         log.info(
-            "serving model '%s' version %d from %s (loaded, warmed and checked in %.2f s)",
+            "serving model '%s' version %d from %s on the %s runtime (loaded, warmed and "
+            "checked in %.2f s)",
             self.name,
             version,
             path,
+            model.runtime,
             model.load_seconds,
         )
         return served
@@ -410,11 +412,16 @@ class DataPlane:
         """Runs in a worker thread: loading TensorFlow and a SavedModel blocks for seconds."""
         started = time.monotonic()
         configure_tensorflow(self.settings.tf_intra_op_threads, self.settings.tf_inter_op_threads)
-        model = load_model(self.name, version, path)
-        model.call_seconds = warm_up(model, (1, 2, 4, 8, 16, 32, self.settings.max_batch_size))
-        deprioritise_compute_threads(self.settings.model_thread_niceness)
-        if self.settings.correctness_gate:
-            check_correctness(model, self.settings.correctness_margin)
+        settings = self.settings
+        model = load_model(
+            self.name, version, path, settings.runtime, settings.tf_intra_op_threads
+        )
+        model.call_seconds = warm_up(model, (1, 2, 4, 8, 16, 32, settings.max_batch_size))
+        deprioritise_compute_threads(settings.model_thread_niceness)
+        check_runtime_agrees(model)
+        model.reference = None  # checked: the SavedModel's memory goes
+        if settings.correctness_gate:
+            check_correctness(model, settings.correctness_margin)
         model.load_seconds = time.monotonic() - started
         self.metrics.model_load_seconds.observe(model.load_seconds)
         return model

@@ -12,6 +12,8 @@ import numpy as np
 from service.runtime import LoadedModel, ModelLoadError
 
 SAMPLES_FILE = "samples.npz"
+RUNTIME_TOLERANCE = 1e-4
+"""Largest difference in any probability between a converted runtime and the SavedModel."""
 
 
 def check_correctness(model: LoadedModel, margin: float) -> float:
@@ -19,6 +21,42 @@ def check_correctness(model: LoadedModel, margin: float) -> float:
     recorded = model.metadata.get("test_accuracy")
     if not isinstance(recorded, int | float):
         raise ModelLoadError(f"{model.path}: metadata.json has no test_accuracy to check against")
+    images, labels = _shipped_digits(model)
+    predicted = model.predict(images[..., None].astype(np.float32)).argmax(axis=1)
+    accuracy = float((predicted == labels).mean())
+    if accuracy < recorded - margin:
+        raise ModelLoadError(
+            f"{model.path}: correctness gate failed: {accuracy:.1%} on {len(labels)} shipped "
+            f"test digits, below the recorded {recorded:.1%} minus the {margin:.0%} margin"
+        )
+    return accuracy
+
+
+def check_runtime_agrees(model: LoadedModel) -> float:
+    """A converted runtime serves only if it answers as the SavedModel does: every probability
+    within `RUNTIME_TOLERANCE` and the same digit, on the shipped digits (when the version has
+    them) and on 64 fixed random images. Returns the largest difference."""
+    if model.reference is None:
+        return 0.0
+    noise = np.random.default_rng(0).uniform(0, 255, (64, 28, 28)).astype(np.float32)
+    try:
+        digits = _shipped_digits(model)[0].astype(np.float32)
+    except ModelLoadError:
+        digits = noise[:0]
+    images = np.concatenate([digits, noise])[..., None]
+    served, reference = model.predict(images), model.reference(images)
+    difference = float(np.abs(served - reference).max())
+    disagreements = int((served.argmax(axis=1) != reference.argmax(axis=1)).sum())
+    if difference > RUNTIME_TOLERANCE or disagreements:
+        raise ModelLoadError(
+            f"{model.path}: the {model.runtime} runtime does not answer as the SavedModel does "
+            f"(largest probability difference {difference:.2g}, {disagreements} different "
+            f"digits in {len(images)} images); serve it with MNIST_RUNTIME=savedmodel"
+        )
+    return difference
+
+
+def _shipped_digits(model: LoadedModel) -> tuple[np.ndarray, np.ndarray]:
     path = model.path / SAMPLES_FILE
     try:
         with np.load(path) as samples:
@@ -29,11 +67,4 @@ def check_correctness(model: LoadedModel, margin: float) -> float:
         raise ModelLoadError(f"{path} is unreadable: {exc}") from exc
     if len(images) == 0 or images.shape[1:] != (28, 28) or len(labels) != len(images):
         raise ModelLoadError(f"{path}: expected images (N, 28, 28) and N labels")
-    predicted = model.predict(images[..., None].astype(np.float32)).argmax(axis=1)
-    accuracy = float((predicted == labels).mean())
-    if accuracy < recorded - margin:
-        raise ModelLoadError(
-            f"{model.path}: correctness gate failed: {accuracy:.1%} on {len(labels)} shipped "
-            f"test digits, below the recorded {recorded:.1%} minus the {margin:.0%} margin"
-        )
-    return accuracy
+    return images, labels

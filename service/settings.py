@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     shutdown_timeout_seconds: float = Field(20.0, gt=0)
     """After the grace period, how long accepted requests may take to finish."""
 
+    runtime: Literal["savedmodel", "tflite"] = "savedmodel"
+    """What runs the model: TensorFlow's SavedModel, or the same SavedModel converted to
+    TensorFlow Lite at load (checked to answer the same before it serves; service/tflite.py)."""
     tf_intra_op_threads: int = Field(0, ge=0)
     """TensorFlow threads inside one op; 0 lets TensorFlow use every core it may run on."""
     tf_inter_op_threads: int = Field(0, ge=0)

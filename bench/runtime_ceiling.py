@@ -1,0 +1,76 @@
+"""Which runtime and TensorFlow settings run this model fastest, called in-process as the server
+calls it: images/s at each batch size, every variant side by side, A B A B, median of rounds.
+
+    python bench/runtime_ceiling.py --model-repository models
+
+Variants: the SavedModel (TensorFlow's defaults; oneDNN off; one thread per pool) and the
+TensorFlow Lite conversion (service/tflite.py; its default threads; one thread). Pinned to one
+core (`--core`), as the serving benchmarks pin the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from bench.harness import ensure_model, in_process_ceiling  # noqa: E402
+
+VARIANTS: dict[str, tuple[str, int, dict[str, str]]] = {
+    "savedmodel": ("savedmodel", 0, {}),
+    "savedmodel-onednn-off": ("savedmodel", 0, {"TF_ENABLE_ONEDNN_OPTS": "0"}),
+    "savedmodel-1-thread": ("savedmodel", 1, {}),
+    "tflite": ("tflite", 0, {}),
+    "tflite-1-thread": ("tflite", 1, {}),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model-repository", type=Path, default=Path("models"))
+    parser.add_argument("--data-dir", default=os.environ.get("MNIST_DIR"))
+    parser.add_argument("--batches", default="1,8,32,64")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=3)
+    parser.add_argument("--core", default="1")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    args = parser.parse_args()
+    ensure_model(args.model_repository, args.data_dir)
+    batches = [int(b) for b in args.batches.split(",")]
+    names = args.variants.split(",")
+    print(
+        f"# {time.strftime('%Y-%m-%d')} in-process images/s, core {args.core}, "
+        f"median of {args.rounds} rounds (A B A B)",
+        flush=True,
+    )
+    results: dict[tuple[str, int], list[float]] = {}
+    for round_ in range(args.rounds):
+        for batch in batches:
+            for name in names:
+                runtime, threads, env = VARIANTS[name]
+                rate = in_process_ceiling(
+                    args.model_repository, args.core, batch, args.seconds, runtime, threads, env
+                )
+                results.setdefault((name, batch), []).append(rate)
+                print(
+                    f"round={round_ + 1} variant={name} batch={batch} images_per_s={rate:.0f}",
+                    flush=True,
+                )
+    base = {batch: statistics.median(results[(names[0], batch)]) for batch in batches}
+    print("variant " + " ".join(f"batch{b}" for b in batches))
+    for name in names:
+        cells = []
+        for batch in batches:
+            median = statistics.median(results[(name, batch)])
+            cells.append(f"{median:.0f}({median / base[batch]:.2f}x)")
+        print(f"{name} " + " ".join(cells), flush=True)
+
+
+if __name__ == "__main__":
+    main()

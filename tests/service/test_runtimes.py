@@ -1,0 +1,73 @@
+"""The TensorFlow Lite runtime answers as the SavedModel does, and the gate refuses one that does
+not. Real conversions of a tiny trained model; a real server on each runtime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.gate import check_correctness, check_runtime_agrees
+from service.runtime import ModelLoadError, load_model, warm_up
+from service.tflite import TFLitePredictor
+from tests.conftest import LiveServer
+from training.data import MnistSplits
+
+
+@pytest.fixture(scope="module")
+def version_dir(trained_repository: Path) -> Path:
+    return trained_repository / "mnist" / "1"
+
+
+def test_tflite_gives_the_savedmodels_digits_on_real_test_digits(
+    version_dir: Path, mnist: MnistSplits
+) -> None:
+    model = load_model("mnist", 1, version_dir, runtime="tflite")
+    assert model.reference is not None
+    assert check_runtime_agrees(model) <= 1e-4
+    assert check_correctness(model, margin=0.1) > 0.5
+    images = mnist.test_images[:300, ..., None].astype(np.float32)
+    for size in (1, 7, 300, 32, 1):  # the interpreter is resized as batch sizes change
+        served, reference = model.predict(images[:size]), model.reference(images[:size])
+        assert served.shape == (size, 10)
+        assert np.abs(served - reference).max() <= 1e-4
+        assert (served.argmax(axis=1) == reference.argmax(axis=1)).all()
+    assert [size for size, _ in warm_up(model, (1, 4))] == [1, 4]
+
+
+def test_a_runtime_that_answers_differently_is_refused(version_dir: Path) -> None:
+    """A real converted model that differs: weights quantised to 8 bits."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(version_dir))
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    model = load_model("mnist", 1, version_dir, runtime="tflite")
+    model.predict = TFLitePredictor(converter.convert(), threads=1)
+    with pytest.raises(ModelLoadError, match="does not answer as the SavedModel does"):
+        check_runtime_agrees(model)
+
+
+def test_a_server_on_the_tflite_runtime_answers_what_tensorflow_answers(
+    start_server: object, trained_repository: Path, digits: np.ndarray, expected_digits: list[int]
+) -> None:
+    server: LiveServer = start_server(trained_repository, MNIST_RUNTIME="tflite")  # type: ignore[operator]
+    with server.client() as client:
+        answer = client.post("/v1/predict", json={"instances": digits.tolist()}).json()
+        assert [p["digit"] for p in answer["predictions"]] == expected_digits
+        raw = client.post(
+            "/v1/predict",
+            content=digits.tobytes(),
+            headers={"content-type": "application/octet-stream"},
+        ).json()
+        assert raw == answer
+    assert "on the tflite runtime" in server.logs()
+
+
+def test_an_unknown_runtime_is_a_settings_error() -> None:
+    from pydantic import ValidationError
+
+    from service.settings import Settings
+
+    with pytest.raises(ValidationError):
+        Settings(runtime="onnx")  # type: ignore[arg-type]
