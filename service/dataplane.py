@@ -413,9 +413,7 @@ class DataPlane:
         started = time.monotonic()
         configure_tensorflow(self.settings.tf_intra_op_threads, self.settings.tf_inter_op_threads)
         settings = self.settings
-        model = load_model(
-            self.name, version, path, settings.runtime, settings.tf_intra_op_threads
-        )
+        model = load_model(self.name, version, path, settings.runtime, settings.tf_intra_op_threads)
         model.call_seconds = warm_up(model, (1, 2, 4, 8, 16, 32, settings.max_batch_size))
         deprioritise_compute_threads(settings.model_thread_niceness)
         check_runtime_agrees(model)
