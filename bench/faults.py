@@ -56,7 +56,7 @@ def hung_and_raising(source: Path) -> None:
     repository = Path(tempfile.mkdtemp(prefix="faults-"))
     export_faulty_version(source, repository)
     with (
-        served(repository, 18951, "1") as server,
+        served(repository, 18951, "1", runtime="savedmodel") as server,  # faults need TF ops
         httpx.Client(base_url=server.url, timeout=30) as client,
         concurrent.futures.ThreadPoolExecutor(1) as pool,
     ):

@@ -35,6 +35,7 @@ from service.runtime import (
     ModelLoadError,
     configure_tensorflow,
     deprioritise_compute_threads,
+    fall_back_to_savedmodel,
     load_model,
     warm_up,
 )
@@ -414,10 +415,15 @@ class DataPlane:
         configure_tensorflow(self.settings.tf_intra_op_threads, self.settings.tf_inter_op_threads)
         settings = self.settings
         model = load_model(self.name, version, path, settings.runtime, settings.tf_intra_op_threads)
+        try:
+            check_runtime_agrees(model)
+        except ModelLoadError as exc:
+            if settings.runtime != "auto":
+                raise
+            fall_back_to_savedmodel(model, str(exc))
+        model.reference = None  # checked: the SavedModel's memory goes
         model.call_seconds = warm_up(model, (1, 2, 4, 8, 16, 32, settings.max_batch_size))
         deprioritise_compute_threads(settings.model_thread_niceness)
-        check_runtime_agrees(model)
-        model.reference = None  # checked: the SavedModel's memory goes
         if settings.correctness_gate:
             check_correctness(model, settings.correctness_margin)
         model.load_seconds = time.monotonic() - started

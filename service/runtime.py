@@ -29,7 +29,9 @@ class ModelLoadError(RuntimeError):
     """A version directory that cannot be served: missing files, wrong signature, bad metadata."""
 
 
-RUNTIMES = ("savedmodel", "tflite")
+RUNTIMES = ("auto", "savedmodel", "tflite")
+"""`auto`: TensorFlow Lite when the version converts and answers as its SavedModel does, else
+the SavedModel; `tflite`: TensorFlow Lite or the version is refused."""
 
 Predict = Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]]
 
@@ -135,12 +137,17 @@ def read_metadata(path: Path) -> dict[str, Any]:
 
 
 def load_model(
-    name: str, version: int, path: Path, runtime: str = "savedmodel", threads: int = 0
+    name: str,
+    version: int,
+    path: Path,
+    runtime: str = "savedmodel",
+    threads: int = 0,
+    tflite_cache: Path | None = None,
 ) -> LoadedModel:
     """Load and check the serving signature; raise `ModelLoadError` for anything unservable.
 
-    With `runtime="tflite"` the SavedModel is also converted (service/tflite.py) and kept as the
-    `reference` the gate compares the converted model with."""
+    With `runtime` "tflite" or "auto" the SavedModel is also converted (service/tflite.py) and
+    kept as the `reference` the gate compares the converted model with (see `RUNTIMES`)."""
     import tensorflow as tf
 
     started = time.monotonic()
@@ -154,16 +161,28 @@ def load_model(
         raise ModelLoadError(f"{path}: no '{SIGNATURE_NAME}' signature")
     _check_signature(path, signature)
     savedmodel = SavedModelPredictor(loaded, signature)
-    if runtime == "savedmodel":
-        predict: Predict = savedmodel
-        reference = None
-    else:
+    model = LoadedModel(
+        name, version, path, metadata, time.monotonic() - started, "savedmodel", savedmodel
+    )
+    if runtime != "savedmodel":
         from service.tflite import TFLitePredictor, convert
 
-        predict, reference = TFLitePredictor(convert(path), threads), savedmodel
-    return LoadedModel(
-        name, version, path, metadata, time.monotonic() - started, runtime, predict, reference
-    )
+        try:
+            model.predict = TFLitePredictor(convert(path, tflite_cache), threads)
+        except ModelLoadError as exc:
+            if runtime != "auto":
+                raise
+            log.warning("%s; serving version %d with the SavedModel runtime", exc, version)
+        else:
+            model.runtime, model.reference = "tflite", savedmodel
+    return model
+
+
+def fall_back_to_savedmodel(model: LoadedModel, reason: str) -> None:
+    """`auto` keeps serving a version whose conversion answers differently, on TensorFlow."""
+    log.warning("%s; serving version %d with the SavedModel runtime", reason, model.version)
+    if model.reference is not None:
+        model.predict, model.reference, model.runtime = model.reference, None, "savedmodel"
 
 
 def warm_up(model: LoadedModel, batch_sizes: tuple[int, ...]) -> list[tuple[int, float]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -9,6 +11,12 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "MNIST_"
+
+
+def _default_tflite_cache() -> Path:
+    return Path(tempfile.gettempdir()) / f"mnist-serving-tflite-{os.getuid()}"
+
+
 # Where Kubernetes mounts the API-key Secret: one file per setting (`mnist_api_keys`, ...).
 SECRETS_DIR = Path("/run/secrets/mnist-serving")
 
@@ -98,15 +106,24 @@ class Settings(BaseSettings):
     shutdown_timeout_seconds: float = Field(20.0, gt=0)
     """After the grace period, how long accepted requests may take to finish."""
 
-    runtime: Literal["savedmodel", "tflite"] = "savedmodel"
-    """What runs the model: TensorFlow's SavedModel, or the same SavedModel converted to
-    TensorFlow Lite at load (checked to answer the same before it serves; service/tflite.py)."""
+    runtime: Literal["auto", "savedmodel", "tflite"] = "auto"
+    """What runs the model: the SavedModel converted to TensorFlow Lite at load (checked to
+    answer as the SavedModel does before it serves; service/tflite.py), or TensorFlow's
+    SavedModel itself. `auto`: TensorFlow Lite when that check passes, else the SavedModel."""
+    tflite_cache_dir: Path | None = Field(default_factory=lambda: _default_tflite_cache())
+    """Converted models, kept by the content of their version (restarts and workers convert once);
+    empty: convert at every load."""
     tf_intra_op_threads: int = Field(0, ge=0)
     """TensorFlow threads inside one op; 0 lets TensorFlow use every core it may run on."""
     tf_inter_op_threads: int = Field(0, ge=0)
     model_thread_niceness: int = Field(10, ge=0, le=19)
     """How much lower TensorFlow's compute threads are scheduled than request handling, so a
     request (or a refusal) never waits for a batch's time slice; 0 leaves them equal."""
+
+    @field_validator("tflite_cache_dir", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("model_versions", mode="before")
     @classmethod

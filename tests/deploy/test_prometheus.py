@@ -28,7 +28,7 @@ import yaml
 
 from service.metrics import cgroup_memory_limit
 from tests.conftest import LiveServer, free_port, launch_server, stop_server
-from tests.fault_model import RAISE_PIXEL
+from tests.fault_model import ON_TENSORFLOW, RAISE_PIXEL
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -101,7 +101,11 @@ def server(
 ) -> Iterator[LiveServer]:
     log = tmp_path_factory.mktemp("prometheus-server") / "server.log"
     live = launch_server(
-        faulty_repository, log, MNIST_WORKERS="2", MNIST_GRPC_PORT=str(free_port())
+        faulty_repository,
+        log,
+        MNIST_WORKERS="2",
+        MNIST_GRPC_PORT=str(free_port()),
+        **ON_TENSORFLOW,
     )
     yield live
     stop_server(live)

@@ -23,6 +23,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from tests.conftest import LiveServer, free_port, launch_server, stop_server
+from tests.fault_model import ON_TENSORFLOW
 from tests.grpc_api.fields import message_fields
 from tests.service.test_server import metric, scrape
 
@@ -175,7 +176,12 @@ def test_a_deadline_the_queue_cannot_meet_is_refused_at_once(
     from tests.fault_model import HANG_PIXEL
 
     port = free_port()
-    start_server(faulty_repository, MNIST_GRPC_PORT=str(port), MNIST_REQUEST_TIMEOUT_MS="5000")
+    start_server(
+        faulty_repository,
+        MNIST_GRPC_PORT=str(port),
+        MNIST_REQUEST_TIMEOUT_MS="5000",
+        **ON_TENSORFLOW,
+    )
     target = f"127.0.0.1:{port}"
     hang = np.zeros((1, 784), np.float32)
     hang[0, 0], hang[0, 1] = HANG_PIXEL, 150  # the model spins 1.5 s

@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 
 from tests.conftest import LiveServer, copy_version
-from tests.fault_model import HANG_PIXEL, RAISE_PIXEL
+from tests.fault_model import HANG_PIXEL, ON_TENSORFLOW, RAISE_PIXEL
 from tests.service.test_server import metric, scrape
 
 Start = Callable[..., LiveServer]
@@ -36,7 +36,7 @@ def hang(seconds: float) -> dict[str, object]:
 def test_a_failing_model_call_fails_only_its_batch(
     start_server: Start, faulty_repository: Path
 ) -> None:
-    server = start_server(faulty_repository)
+    server = start_server(faulty_repository, **ON_TENSORFLOW)
     with server.client() as client:
         failed = client.post("/v1/predict", json=images(1, RAISE_PIXEL))
         assert failed.status_code == 500
@@ -49,7 +49,7 @@ def test_a_failing_model_call_fails_only_its_batch(
 def test_a_hung_model_call_times_out_refuses_newcomers_fast_and_recovers(
     start_server: Start, faulty_repository: Path
 ) -> None:
-    server = start_server(faulty_repository)  # defaults: 1 s budget
+    server = start_server(faulty_repository, **ON_TENSORFLOW)  # defaults: 1 s budget
     with concurrent.futures.ThreadPoolExecutor(1) as pool, server.client() as client:
         stuck = pool.submit(client.post, "/v1/predict", json=hang(2.5))
         time.sleep(1.2)
@@ -73,7 +73,10 @@ def test_clients_that_hang_up_are_dropped_before_the_model(
     start_server: Start, faulty_repository: Path
 ) -> None:
     server = start_server(
-        faulty_repository, MNIST_REQUEST_TIMEOUT_MS="10000", MNIST_MAX_QUEUE_DELAY_MS="10000"
+        faulty_repository,
+        MNIST_REQUEST_TIMEOUT_MS="10000",
+        MNIST_MAX_QUEUE_DELAY_MS="10000",
+        **ON_TENSORFLOW,
     )
     before = scrape(server)
     with concurrent.futures.ThreadPoolExecutor(11) as pool:

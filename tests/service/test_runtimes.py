@@ -3,14 +3,15 @@ not. Real conversions of a tiny trained model; a real server on each runtime."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from service.gate import check_correctness, check_runtime_agrees
-from service.runtime import ModelLoadError, load_model, warm_up
-from service.tflite import TFLitePredictor
+from service.runtime import ModelLoadError, fall_back_to_savedmodel, load_model, warm_up
+from service.tflite import TFLitePredictor, convert
 from tests.conftest import LiveServer
 from training.data import MnistSplits
 
@@ -36,6 +37,26 @@ def test_tflite_gives_the_savedmodels_digits_on_real_test_digits(
     assert [size for size, _ in warm_up(model, (1, 4))] == [1, 4]
 
 
+def test_conversions_are_cached_by_the_versions_content(version_dir: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    first = convert(version_dir, cache)
+    (entry,) = cache.iterdir()
+    assert entry.read_bytes() == first
+    entry.write_bytes(first[:-1] + b"!")  # what the cache holds is what the next load gets
+    assert convert(version_dir, cache) == first[:-1] + b"!"
+    changed = tmp_path / "changed"
+    shutil.copytree(version_dir, changed)
+    (changed / "metadata.json").write_text("{}")  # any file of the version changes the key
+    assert convert(changed, cache) == first
+    assert len(list(cache.iterdir())) == 2
+
+
+def test_a_version_that_cannot_be_converted_is_a_load_error(tmp_path: Path) -> None:
+    (tmp_path / "saved_model.pb").write_bytes(b"not a SavedModel")
+    with pytest.raises(ModelLoadError, match="cannot convert to TensorFlow Lite"):
+        convert(tmp_path, None)
+
+
 def test_a_runtime_that_answers_differently_is_refused(version_dir: Path) -> None:
     """A real converted model that differs: weights quantised to 8 bits."""
     import tensorflow as tf
@@ -44,8 +65,13 @@ def test_a_runtime_that_answers_differently_is_refused(version_dir: Path) -> Non
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     model = load_model("mnist", 1, version_dir, runtime="tflite")
     model.predict = TFLitePredictor(converter.convert(), threads=1)
-    with pytest.raises(ModelLoadError, match="does not answer as the SavedModel does"):
+    with pytest.raises(ModelLoadError, match="does not answer as the SavedModel does") as error:
         check_runtime_agrees(model)
+    fall_back_to_savedmodel(model, str(error.value))  # what the `auto` runtime does then
+    assert model.runtime == "savedmodel"
+    assert model.reference is None
+    assert check_runtime_agrees(model) == 0.0
+    assert model.predict(np.zeros((2, 28, 28, 1), np.float32)).shape == (2, 10)
 
 
 def test_a_server_on_the_tflite_runtime_answers_what_tensorflow_answers(
