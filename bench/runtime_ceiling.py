@@ -31,6 +31,35 @@ VARIANTS: dict[str, tuple[str, int, dict[str, str]]] = {
 }
 
 
+def agreement(repository: Path, data_dir: str | None) -> None:
+    """The TensorFlow Lite runtime against the SavedModel on the full MNIST test set."""
+    import numpy as np
+
+    from service.runtime import load_model
+    from training.data import load_mnist
+
+    model_dir = repository / "mnist"
+    newest = max(int(p.name) for p in model_dir.iterdir() if p.name.isdigit())
+    model = load_model("mnist", newest, model_dir / str(newest), "tflite")
+    assert model.reference is not None
+    splits = load_mnist(data_dir)
+    images = splits.test_images[..., None].astype(np.float32)
+    served = np.concatenate(
+        [model.predict(images[i : i + 500]) for i in range(0, len(images), 500)]
+    )
+    reference = np.concatenate(
+        [model.reference(images[i : i + 500]) for i in range(0, len(images), 500)]
+    )
+    digits, expected = served.argmax(axis=1), reference.argmax(axis=1)
+    print(
+        f"agreement images={len(images)} different_digits={int((digits != expected).sum())} "
+        f"max_probability_difference={float(np.abs(served - reference).max()):.2g} "
+        f"accuracy_tflite={float((digits == splits.test_labels).mean()):.4f} "
+        f"accuracy_savedmodel={float((expected == splits.test_labels).mean()):.4f}",
+        flush=True,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model-repository", type=Path, default=Path("models"))
@@ -62,6 +91,7 @@ def main() -> None:
                     f"round={round_ + 1} variant={name} batch={batch} images_per_s={rate:.0f}",
                     flush=True,
                 )
+    agreement(args.model_repository, args.data_dir)
     base = {batch: statistics.median(results[(names[0], batch)]) for batch in batches}
     print("variant " + " ".join(f"batch{b}" for b in batches))
     for name in names:
