@@ -414,7 +414,14 @@ class DataPlane:
         started = time.monotonic()
         configure_tensorflow(self.settings.tf_intra_op_threads, self.settings.tf_inter_op_threads)
         settings = self.settings
-        model = load_model(self.name, version, path, settings.runtime, settings.tf_intra_op_threads)
+        model = load_model(
+            self.name,
+            version,
+            path,
+            settings.runtime,
+            settings.tf_intra_op_threads,
+            settings.tflite_cache_dir,
+        )
         try:
             check_runtime_agrees(model)
         except ModelLoadError as exc:

@@ -3,9 +3,9 @@
 For a model this small the arithmetic is a fraction of what a SavedModel call costs: TensorFlow's
 eager dispatch takes ~0.5 ms per call at batch 1 for ~0.15 ms of work. The TFLite interpreter
 with its XNNPACK kernels runs the same graph in ~0.18 ms at batch 1 and ~10% faster at batch 32
-(`bench/runtime_ceiling.py`). The SavedModel stays the export format: the conversion happens
-in the server, from the version directory, and the correctness gate compares the converted
-model's answers with the SavedModel's before the version serves (service/gate.py).
+(`bench/runtime_ceiling.py`). The SavedModel stays the export format: each version is converted
+as it loads (in a child process, see `convert`), and the gate compares the converted model's
+answers with the SavedModel's before the version serves (service/gate.py).
 
 `tf.lite.Interpreter` is used as TensorFlow 2.21 ships it (deprecated in favour of the
 `ai-edge-litert` package, which has the same class; not needed while TensorFlow still has it).
@@ -13,6 +13,7 @@ model's answers with the SavedModel's before the version serves (service/gate.py
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -30,6 +31,9 @@ import numpy.typing as npt
 from service.runtime import INPUT_NAME, OUTPUT_NAME, ModelLoadError, import_tensorflow
 
 log = logging.getLogger("service.tflite")
+
+_CACHE_ENTRIES = 32
+"""Converted versions kept; a repository serves a few, so older entries are of versions gone."""
 
 
 class TFLitePredictor:
@@ -82,6 +86,8 @@ def convert(path: Path, cache_dir: Path | None) -> bytes:
     digest = _content_digest(path)
     cached = None if cache_dir is None else cache_dir / f"{digest}.tflite"
     if cached is not None and cached.is_file():
+        with contextlib.suppress(OSError):
+            os.utime(cached)  # recently used: the last to be pruned
         return cached.read_bytes()
     with tempfile.TemporaryDirectory(prefix="mnist-tflite-") as scratch:
         output = Path(scratch) / "model.tflite"
@@ -120,6 +126,9 @@ def _store(cached: Path, output: Path) -> None:
         partial = cached.with_suffix(f".{os.getpid()}.partial")
         shutil.copyfile(output, partial)
         partial.replace(cached)
+        entries = sorted(cached.parent.glob("*.tflite"), key=lambda p: p.stat().st_mtime)
+        for stale in entries[:-_CACHE_ENTRIES]:  # versions long gone: the oldest go first
+            stale.unlink(missing_ok=True)
     except OSError:
         log.info("TensorFlow Lite cache %s not writable; converting at every load", cached.parent)
 

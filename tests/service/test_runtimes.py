@@ -75,9 +75,17 @@ def test_a_runtime_that_answers_differently_is_refused(version_dir: Path) -> Non
 
 
 def test_a_server_on_the_tflite_runtime_answers_what_tensorflow_answers(
-    start_server: object, trained_repository: Path, digits: np.ndarray, expected_digits: list[int]
+    start_server: object,
+    trained_repository: Path,
+    digits: np.ndarray,
+    expected_digits: list[int],
+    tmp_path: Path,
 ) -> None:
-    server: LiveServer = start_server(trained_repository, MNIST_RUNTIME="tflite")  # type: ignore[operator]
+    cache = tmp_path / "tflite-cache"
+    server: LiveServer = start_server(  # type: ignore[operator]
+        trained_repository, MNIST_RUNTIME="tflite", MNIST_TFLITE_CACHE_DIR=str(cache)
+    )
+    assert [entry.suffix for entry in cache.iterdir()] == [".tflite"]
     with server.client() as client:
         answer = client.post("/v1/predict", json={"instances": digits.tolist()}).json()
         assert [p["digit"] for p in answer["predictions"]] == expected_digits
