@@ -4,7 +4,9 @@ Memory must stay flat and every request must be answered.
 The server (pinned to one core) serves a repository of its own and finds each new version by
 itself (its poller, every 2 s, as in production); the old version is removed at the same time.
 Single-image requests arrive open-loop at a constant rate (`bench/openloop.py`). RSS is sampled
-every second and plotted with the reloads marked; the PNG goes to `--output`.
+every second and plotted with the reloads marked; the PNG goes to `--output`. While a version
+loads, two are in memory for a moment; the settled figure is RSS just before each reload (the
+previous one long finished), the warm-up the first three reloads.
 
     python bench/soak.py --model-repository models --minutes 10 --output bench-results
 """
@@ -40,9 +42,10 @@ async def soak(
     reload_every: float,
     source: Path,
     model_dir: Path,
-) -> tuple[list[tuple[float, float]], list[float], list[object]]:
+) -> tuple[list[tuple[float, float]], list[float], list[float], list[object]]:
     rss: list[tuple[float, float]] = []
     reloads: list[float] = []
+    settled: list[float] = []
     started = time.monotonic()
 
     async def sample() -> None:
@@ -54,6 +57,7 @@ async def soak(
         version = 1
         while reload_every and time.monotonic() - started + reload_every < seconds:
             await asyncio.sleep(reload_every)
+            settled.append(rss_mib(pid))  # the previous reload long finished
             version += 1
             await asyncio.to_thread(publish, source, model_dir, version)
             await asyncio.to_thread(shutil.rmtree, model_dir / str(version - 1))
@@ -64,7 +68,12 @@ async def soak(
         generator.run(rate, seconds), sample(), reload_periodically()
     )
     await generator.close()
-    return rss, reloads, outcomes
+    return rss, reloads, settled, outcomes
+
+
+def settled_growth(settled: list[float]) -> float:
+    """RSS before the last reload minus RSS before the fourth (three reloads of warm-up)."""
+    return settled[-1] - settled[min(3, len(settled) - 1)] if settled else 0.0
 
 
 def plot(rss: list[tuple[float, float]], reloads: list[float], path: Path, title: str) -> None:
@@ -112,7 +121,7 @@ def main() -> None:
         flush=True,
     )
     with served(repository, port, "1") as server:
-        rss, reloads, outcomes = asyncio.run(
+        rss, reloads, settled, outcomes = asyncio.run(
             soak(
                 port, server.pid, request, args.rate, seconds, args.reload_every, source, model_dir
             )
@@ -129,6 +138,8 @@ def main() -> None:
         f"p99_ms={percentile(latencies, 99):.2f} rss_start_mib={rss[0][1]:.0f} "
         f"rss_after_1min_mib={warm[0]:.0f} rss_end_mib={rss[-1][1]:.0f} "
         f"rss_max_after_1min_mib={max(warm):.0f} growth_after_1min_mib={warm[-1] - warm[0]:.1f} "
+        f"settled_rss_before_each_reload_mib={[round(m) for m in settled]} "
+        f"settled_growth_from_reload_4_mib={settled_growth(settled):.1f} "
         f"plot={png}",
         flush=True,
     )
