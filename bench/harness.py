@@ -147,7 +147,7 @@ def in_process_ceiling(
     core: str,
     batch: int,
     seconds: float,
-    runtime: str = "savedmodel",
+    runtime: str = "auto",
     threads: int = 0,
     env: dict[str, str] | None = None,
 ) -> float:

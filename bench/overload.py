@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument("--factors", default="1,2,5")
     parser.add_argument("--server-core", default="1")
     parser.add_argument("--client-core", default="0")
-    parser.add_argument("--runtime", default="savedmodel", help="the server's MNIST_RUNTIME")
+    parser.add_argument("--runtime", default="auto", help="the server's MNIST_RUNTIME")
     parser.add_argument(
         "--body", choices=["json", "raw"], default="json", help="raw: N x 784 uint8 bytes"
     )

@@ -125,7 +125,7 @@ def main() -> None:
         f"access log {'on' if args.access_log else 'off'}, {args.body} bodies",
         flush=True,
     )
-    runtimes = sorted({s.get("runtime", "savedmodel") for s in (settings_a, settings_b)})
+    runtimes = sorted({s.get("runtime", "auto") for s in (settings_a, settings_b)})
     for batch in (1, 32, 256):
         for runtime in runtimes:
             ceiling = [
