@@ -29,10 +29,6 @@ class ModelLoadError(RuntimeError):
     """A version directory that cannot be served: missing files, wrong signature, bad metadata."""
 
 
-RUNTIMES = ("auto", "savedmodel", "tflite")
-"""`auto`: TensorFlow Lite when the version converts and answers as its SavedModel does, else
-the SavedModel; `tflite`: TensorFlow Lite or the version is refused."""
-
 Predict = Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]]
 
 
@@ -147,7 +143,7 @@ def load_model(
     """Load and check the serving signature; raise `ModelLoadError` for anything unservable.
 
     With `runtime` "tflite" or "auto" the SavedModel is also converted (service/tflite.py) and
-    kept as the `reference` the gate compares the converted model with (see `RUNTIMES`)."""
+    kept as the `reference` the gate compares the converted model with (`Settings.runtime`)."""
     import tensorflow as tf
 
     started = time.monotonic()
@@ -172,14 +168,15 @@ def load_model(
         except ModelLoadError as exc:
             if runtime != "auto":
                 raise
-            log.warning("%s; serving version %d with the SavedModel runtime", exc, version)
+            fall_back_to_savedmodel(model, str(exc))
         else:
             model.runtime, model.reference = "tflite", savedmodel
     return model
 
 
 def fall_back_to_savedmodel(model: LoadedModel, reason: str) -> None:
-    """`auto` keeps serving a version whose conversion answers differently, on TensorFlow."""
+    """`auto` keeps serving, on TensorFlow, a version that did not convert or whose conversion
+    answers differently."""
     log.warning("%s; serving version %d with the SavedModel runtime", reason, model.version)
     if model.reference is not None:
         model.predict, model.reference, model.runtime = model.reference, None, "savedmodel"

@@ -110,7 +110,7 @@ class Settings(BaseSettings):
     """What runs the model: the SavedModel converted to TensorFlow Lite at load (checked to
     answer as the SavedModel does before it serves; service/tflite.py), or TensorFlow's
     SavedModel itself. `auto`: TensorFlow Lite when that check passes, else the SavedModel."""
-    tflite_cache_dir: Path | None = Field(default_factory=lambda: _default_tflite_cache())
+    tflite_cache_dir: Path | None = Field(default_factory=_default_tflite_cache)
     """Converted models, kept by the content of their version (restarts and workers convert once);
     empty: convert at every load."""
     tf_intra_op_threads: int = Field(0, ge=0)
