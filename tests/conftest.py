@@ -165,6 +165,17 @@ def launch_server(
     return server
 
 
+@contextlib.contextmanager
+def grpc_serving(repository: Path, log_path: Path, **env: str) -> Iterator[tuple[LiveServer, int]]:
+    """A live server with gRPC on a free port, and that port; stopped on exit."""
+    port = free_port()
+    server = launch_server(repository, log_path, MNIST_GRPC_PORT=str(port), **env)
+    try:
+        yield server, port
+    finally:
+        stop_server(server)
+
+
 def stop_server(server: LiveServer) -> None:
     server.process.terminate()
     try:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LiveServer, free_port, launch_server, stop_server
+from tests.conftest import LiveServer, free_port, grpc_serving
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -125,11 +125,9 @@ def readme_server(
     trained_repository: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[LiveServer, int]]:
     """The server the README's client commands talk to: REST and gRPC."""
-    grpc_port = free_port()
     log = tmp_path_factory.mktemp("readme-server") / "server.log"
-    server = launch_server(trained_repository, log, MNIST_GRPC_PORT=str(grpc_port))
-    yield server, grpc_port
-    stop_server(server)
+    with grpc_serving(trained_repository, log) as served:
+        yield served
 
 
 def adapt(command: Command, port: int, grpc_port: int = 8500) -> str:

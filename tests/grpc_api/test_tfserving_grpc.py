@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import LiveServer, free_port, launch_server, stop_server
+from tests.conftest import LiveServer, grpc_serving
 
 
 @pytest.fixture(scope="module")
@@ -45,17 +45,11 @@ def tfs(tensorflow_serving_api: Path) -> Any:
 def server(
     trained_repository: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[LiveServer, str]]:
-    port = free_port()
     log = tmp_path_factory.mktemp("tfs-grpc") / "server.log"
-    live = launch_server(
-        trained_repository,
-        log,
-        MNIST_GRPC_PORT=str(port),
-        MNIST_MODEL_LABELS="stable=1",
-        MNIST_MAX_REQUEST_IMAGES="8",
-    )
-    yield live, f"127.0.0.1:{port}"
-    stop_server(live)
+    with grpc_serving(
+        trained_repository, log, MNIST_MODEL_LABELS="stable=1", MNIST_MAX_REQUEST_IMAGES="8"
+    ) as (live, port):
+        yield live, f"127.0.0.1:{port}"
 
 
 def predict_request(api: Any, images: np.ndarray, **spec: Any) -> Any:

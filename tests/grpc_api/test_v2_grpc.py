@@ -22,7 +22,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import LiveServer, free_port, launch_server, stop_server
+from tests.conftest import LiveServer, free_port, grpc_serving, launch_server, stop_server
 from tests.fault_model import ON_TENSORFLOW
 from tests.grpc_api.fields import message_fields
 from tests.service.test_server import metric, scrape
@@ -35,13 +35,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def grpc_server(
     trained_repository: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[LiveServer, str]]:
-    port = free_port()
     log = tmp_path_factory.mktemp("grpc") / "server.log"
-    server = launch_server(
-        trained_repository, log, MNIST_GRPC_PORT=str(port), MNIST_MAX_REQUEST_IMAGES="8"
-    )
-    yield server, f"127.0.0.1:{port}"
-    stop_server(server)
+    with grpc_serving(trained_repository, log, MNIST_MAX_REQUEST_IMAGES="8") as (server, port):
+        yield server, f"127.0.0.1:{port}"
 
 
 def stub(target: str) -> service_pb2_grpc.GRPCInferenceServiceStub:
