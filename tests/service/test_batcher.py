@@ -263,7 +263,7 @@ def test_a_request_that_cannot_be_answered_within_its_budget_is_refused_at_once(
         started = time.monotonic()
         with pytest.raises(Overloaded) as refused:
             await batcher.submit(images(99), 0.1)
-        assert time.monotonic() - started < 0.01
+        assert time.monotonic() - started < 0.05  # at once, not at its 0.1 s deadline
         assert "budget" in refused.value.message
         assert refused.value.headers["Retry-After"] == "1"
         with pytest.raises(Overloaded):
@@ -322,7 +322,7 @@ def test_a_hung_model_call_bounds_waits_refusals_and_close() -> None:
         started = time.monotonic()
         with pytest.raises(Overloaded):  # far past its expected 1 ms: counted as stalled
             await batcher.submit(images(2), 0.04)
-        assert time.monotonic() - started < 0.01
+        assert time.monotonic() - started < 0.03  # at once, not at its 0.04 s deadline
         with pytest.raises(DeadlineExceeded):
             await hung  # its caller still gets an answer at its deadline
         queued = asyncio.ensure_future(batcher.submit(images(3), 5))
