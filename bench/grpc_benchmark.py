@@ -28,8 +28,13 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from bench.harness import ensure_model, in_process_ceiling, request_body, served  # noqa: E402
-from bench.serve_benchmark import wrk  # noqa: E402
+from bench.harness import (  # noqa: E402
+    ensure_model,
+    in_process_ceiling,
+    request_body,
+    served,
+    wrk,
+)
 
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
 LOADS = (("single", 1, 1), ("single", 1, 64), ("batch32", 32, 8))
@@ -137,7 +142,13 @@ def main() -> None:
                 )
                 if images == 1:
                     rest_runs.append(
-                        wrk(server.url, json_body, concurrency, args.seconds, args.client_core)
+                        wrk(
+                            server.url + "/v1/predict",
+                            json_body,
+                            concurrency,
+                            args.seconds,
+                            args.client_core,
+                        )
                     )
             rps = statistics.median(r["requests"] / r["seconds"] for r in grpc_runs)
             print(

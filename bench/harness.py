@@ -71,6 +71,43 @@ def rss_mib(pid: int, field: str = "VmRSS") -> float:
 
 
 @contextlib.contextmanager
+def launched(
+    command: list[str],
+    env: dict[str, str],
+    core: str,
+    ready_url: str,
+    log_path: Path,
+    cwd: Path | None = None,
+    wait_ready: bool = True,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A server process pinned to `core` (its children inherit the pinning), its output in
+    `log_path`, waited for until `ready_url` answers 200; stopped with SIGTERM at the end."""
+    log = log_path.open("wb")
+    process = subprocess.Popen(
+        ["taskset", "-c", core, *command], env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while wait_ready:
+            with contextlib.suppress(OSError):
+                if urllib.request.urlopen(ready_url, timeout=2).status == 200:
+                    break
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError(f"{command[0]} did not become ready; see {log_path}")
+            time.sleep(0.2)
+        yield process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        log.close()
+
+
+@contextlib.contextmanager
 def served(
     repository: Path,
     port: int,
@@ -92,34 +129,31 @@ def served(
         **{f"MNIST_{key.upper()}": value for key, value in settings.items()},
     }
     log_path = Path(tempfile.gettempdir()) / f"bench-server-{port}.log"
-    log = log_path.open("wb")
-    process = subprocess.Popen(
-        ["taskset", "-c", core, sys.executable, "-m", "service"],
-        env=env,
-        cwd=code,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while wait_ready:
-            with contextlib.suppress(OSError):
-                if urllib.request.urlopen(url + "/readyz", timeout=2).status == 200:
-                    break
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError(f"server on {port} did not become ready; see {log_path}")
-            time.sleep(0.2)
+    command = [sys.executable, "-m", "service"]
+    with launched(command, env, core, url + "/readyz", log_path, code, wait_ready) as process:
         yield Served(url, process, log_path)
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        log.close()
+
+
+def wrk(
+    url: str,
+    body_file: Path,
+    concurrency: int,
+    seconds: int,
+    core: str,
+    content_type: str = "application/json",
+    headers: tuple[str, ...] = (),
+) -> dict[str, float]:
+    """POST `body_file` to `url` from wrk (one thread, pinned to `core`) for `seconds`: its
+    requests, errors and latency percentiles (wrk_report.lua's JSON line)."""
+    command = ["taskset", "-c", core, "wrk", "-t", "1", "-c", str(concurrency)]
+    command += ["-d", f"{seconds}s", "--timeout", "10s", "-s", str(HERE / "wrk_report.lua")]
+    for header in headers:
+        command += ["-H", header]
+    command += [url, "--", str(body_file), content_type]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    summary: dict[str, float] = json.loads(output.strip().splitlines()[-1])
+    return summary
 
 
 CEILING_CODE = """

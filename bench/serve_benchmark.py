@@ -14,11 +14,9 @@ images first: throughput depends on the architecture, not on how well it was tra
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +31,7 @@ from bench.harness import (  # noqa: E402
     request_body,
     rss_mib,
     served,
+    wrk,
 )
 
 SCENARIOS = [
@@ -53,39 +52,6 @@ COMPARISONS = {
         ("runtime=tflite", {"runtime": "tflite"}),
     ),
 }
-
-
-def wrk(
-    url: str,
-    body_file: Path,
-    concurrency: int,
-    seconds: int,
-    core: str,
-    content_type: str = "application/json",
-) -> dict[str, float]:
-    command = [
-        "taskset",
-        "-c",
-        core,
-        "wrk",
-        "-t",
-        "1",
-        "-c",
-        str(concurrency),
-        "-d",
-        f"{seconds}s",
-        "--timeout",
-        "10s",
-        "-s",
-        str(HERE / "wrk_report.lua"),
-        url + "/v1/predict",
-        "--",
-        str(body_file),
-        content_type,
-    ]
-    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    summary: dict[str, float] = json.loads(output.strip().splitlines()[-1])
-    return summary
 
 
 def main() -> None:
@@ -151,11 +117,18 @@ def main() -> None:
         urls = {name_a: server_a.url, name_b: server_b.url}
         for name, images, concurrency in SCENARIOS:
             for url in urls.values():  # warm both
-                wrk(url, bodies[images], concurrency, 2, args.client_core, content_type)
+                wrk(
+                    url + "/v1/predict",
+                    bodies[images],
+                    concurrency,
+                    2,
+                    args.client_core,
+                    content_type,
+                )
             for _ in range(args.repeats):
                 for variant, url in urls.items():
                     run = wrk(
-                        url,
+                        url + "/v1/predict",
                         bodies[images],
                         concurrency,
                         args.seconds,

@@ -34,8 +34,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import ensure_model, in_process_ceiling, request_body, served  # noqa: E402
-from bench.serve_benchmark import wrk  # noqa: E402
+from bench.harness import ensure_model, in_process_ceiling, request_body, served, wrk  # noqa: E402
 
 
 class _Sink(http.server.BaseHTTPRequestHandler):
@@ -124,7 +123,7 @@ def main() -> None:
         served(repository, 18120, core, otel_endpoint=sink) as sampled,
     ):
         everything = {"before": before.url, "off": off.url, "on": on.url, "sampled": sampled.url}
-        servers = {name: everything[name] for name in args.servers}
+        servers = {name: everything[name] + "/v1/predict" for name in args.servers}
         for concurrency in args.concurrency:
             runs: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
             for url in servers.values():
