@@ -255,6 +255,10 @@ class DynamicBatcher:
                 f"{self.max_queue_images}; retry later",
                 {"Retry-After": str(self._retry_after)},
             )
+        if not self._calls and not self._queued_images:
+            # Nothing to wait for, whatever the forecast says; and a forecast gone wrong (a
+            # stalled neighbour) would otherwise refuse every request, with no call to learn from.
+            return
         wait = self.estimated_wait(images)
         planned = min(budget * PLANNED_SHARE, self.max_queue_delay)
         if wait > planned:
@@ -362,6 +366,7 @@ class DynamicBatcher:
         while not self._queue:
             if self._closing:
                 return None
+            self._busy_until = 0.0  # idle from here on: the wait is not the model's time
             self._arrived.clear()
             await self._arrived.wait()
         if self._merge and self.max_batch_delay > 0:
@@ -433,7 +438,7 @@ class DynamicBatcher:
             # admission must plan with is the time from the previous call's end to this one's.
             cycle = ended - self._busy_until if self._busy_until else seconds
             self.cost.observe(len(inputs), max(seconds, cycle))
-            self._busy_until = ended if self._queue else 0.0
+            self._busy_until = ended if self._queued_images else 0.0
             self._observer.batch_done(len(inputs), seconds)
             self._deliver(slices, outputs)
             self._traced(slices, len(inputs), started, None)

@@ -278,6 +278,66 @@ def test_a_request_that_cannot_be_answered_within_its_budget_is_refused_at_once(
     assert observer.counts == {"accepted": 11, "over_budget": 2}
 
 
+def test_time_the_batcher_sat_idle_is_not_learnt_as_model_time() -> None:
+    """A request whose client left stays in the queue until the batcher reaches it. A call that
+    ended with only such requests waiting must not make the next call, long after, look as slow
+    as the gap: that once taught admission that a 32-image call took seconds, after which it
+    refused every request."""
+    model = RecordingModel()
+    model.release.clear()
+
+    async def scenario() -> None:
+        batcher = DynamicBatcher(
+            model, max_batch_size=1, max_batch_delay=0, cost=CostModel([(1, 0.001)])
+        )
+        batcher.start()
+        running = asyncio.ensure_future(batcher.submit(images(1), 5))
+        await asyncio.sleep(0.01)  # taken by the held model
+        gone = asyncio.ensure_future(batcher.submit(images(2), 5))
+        await asyncio.sleep(0)
+        gone.cancel()  # its client left: forgotten, still queued
+        model.release.set()
+        await running
+        await asyncio.sleep(0.5)  # nothing to do
+        await batcher.submit(images(3), 5)
+        assert batcher.cost.seconds(1, 1) < 0.1  # the calls took ~0-10 ms; the gap 500 ms
+        await batcher.close()
+
+    run(scenario())
+    assert model.seen == [1.0, 3.0]
+
+
+def test_an_idle_batcher_admits_whatever_its_forecast_says() -> None:
+    """Admission refuses on a forecast learnt from the calls it lets through. With nothing queued
+    or running there is nothing to wait for, so it admits: otherwise one bad forecast refuses
+    every request and, with no call left to learn from, goes on refusing them forever."""
+    model = RecordingModel()
+
+    async def scenario() -> None:
+        batcher = DynamicBatcher(
+            model,
+            max_batch_size=1,
+            max_batch_delay=0,
+            cost=CostModel([(1, 30.0)]),  # 30 s per image, as a stalled neighbour might teach it
+            max_queue_delay=0.25,
+        )
+        batcher.start()
+        model.release.clear()
+        held = asyncio.ensure_future(batcher.submit(images(1), 5))  # idle: admitted
+        await asyncio.sleep(0.01)
+        with pytest.raises(Overloaded):  # a call is running: the forecast decides
+            await batcher.submit(images(-1), 5)
+        model.release.set()
+        assert (await held).tolist() == [[2.0]]
+        for i in range(300):  # one at a time, each admitted: the forecast relearns
+            await batcher.submit(images(i), 5)
+        assert batcher.estimated_wait(1) < 0.01
+        await batcher.close()
+
+    run(scenario())
+    assert -1.0 not in model.seen
+
+
 def test_a_request_whose_client_left_never_reaches_the_model() -> None:
     model = RecordingModel()
     model.release.clear()
