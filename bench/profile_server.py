@@ -69,7 +69,7 @@ def summarise(samples: Path, top: int) -> list[str]:
     for line in samples.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         thread, *frames = stack.split(";")
-        if not frames:
+        if not frames or not count.isdigit():  # a stack py-spy cut short
             continue
         parts[part_of(thread, frames[-1])] += int(count)
         match = FRAME.match(frames[-1])
