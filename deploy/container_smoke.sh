@@ -11,7 +11,7 @@ trap 'rm -rf "$models"' EXIT
 
 "$smoke" -u - -v "$models:/models" -v "$data:/data" . -- \
     mnist-train --data-dir /data --model-repository /models \
-    --limit 3000 --epochs 2 --no-batch-norm --no-augment --no-reports --quiet
+    --limit 3000 --epochs 2 --no-batch-norm --no-augment --no-extra-data --no-reports --quiet
 test -f "$models/mnist/1/saved_model.pb"
 "$smoke" -v "$models:/models" .
 echo "container smoke test passed: the image trained a model and served it (/readyz 200)"

@@ -19,10 +19,24 @@ import pytest
 
 from training.config import ModelConfig, TrainConfig
 from training.data import MnistSplits, load_mnist
+from training.extra_data import ExtraConfig
 
 TINY_MODEL = ModelConfig(
     blocks=1, filters=8, dense_units=32, dropout=0.0, dense_dropout=0.0, batch_norm=False
 )
+TINY_EXTRA = ExtraConfig(
+    perturbed_share=0.1,
+    per_font_digit=1,
+    per_drawn_style=2,
+    not_digit_letters_per_family=2,
+    not_digits_per_kind=4,
+    calibration_per_font_digit=1,
+    calibration_per_drawn_style=2,
+    report_per_font_digit=1,
+    report_per_drawn_style=1,
+    report_not_digits_per_kind=8,
+)
+"""A few of each extra kind: every training run in the tests goes through the whole pipeline."""
 
 
 @pytest.fixture(scope="session")
@@ -41,6 +55,7 @@ def tiny_train_config(repository: Path, **overrides: object) -> TrainConfig:
         "reports": False,
         "verbose": 0,
         "model": TINY_MODEL,
+        "extra": TINY_EXTRA,
         "validation_split": 0.1,
     }
     fields.update(overrides)

@@ -55,6 +55,13 @@ def parse_args(argv: Sequence[str] | None) -> tuple[TrainConfig, bool]:
         help="random rotation, zoom and shift of training images",
     )
     fit.add_argument(
+        "--extra-data",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.extra is not None,
+        help="also train on perturbed copies of MNIST digits, digits rendered from handwriting "
+        "fonts and drawn styles, and not-a-digit pictures (see training/extra_data.py)",
+    )
+    fit.add_argument(
         "--ema",
         action=argparse.BooleanOptionalAction,
         default=defaults.ema,
@@ -86,6 +93,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[TrainConfig, bool]:
         seed=args.seed,
         validation_split=args.validation_split,
         augment=args.augment,
+        extra=defaults.extra if args.extra_data else None,
         ema=args.ema,
         limit=args.limit,
         reports=not args.no_reports,
@@ -164,7 +172,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
     try:
-        result = run(config, splits, on_epoch=_epoch_reporter(config.epochs))
+        result = run(
+            config,
+            splits,
+            on_epoch=_epoch_reporter(config.epochs),
+            say=lambda what: print(f"{what[0].upper()}{what[1:]} ...", flush=True),
+        )
     except ExportFailed as exc:
         print(f"mnist-train: {exc}", file=sys.stderr)
         return 1
@@ -176,6 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"Exported {config.model_name} version {result.version} to {result.path}",
                 f"  test accuracy  {evaluation.accuracy:.4%} on {len(splits.test_labels)} images",
                 f"  test loss      {evaluation.loss:.4f}",
+                f"  calibration    temperature {result.calibration.temperature:.3f}; answers "
+                f"below {result.calibration.unsure_below:.1%} confidence are flagged unsure",
                 f"  parameters     {result.parameters:,}",
                 f"  wall time      {result.seconds:.1f} s",
             ]

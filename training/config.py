@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from training.extra_data import ExtraConfig
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -33,6 +35,8 @@ class TrainConfig:
     seed: int = 42
     validation_split: float = 0.05
     augment: bool = True
+    extra: ExtraConfig | None = field(default_factory=ExtraConfig)
+    """Perturbed copies, rendered digits and not-a-digit pictures (None: MNIST only)."""
     ema: bool = False
     """Export an exponential moving average of the weights (smoother than the last step)."""
     limit: int | None = None

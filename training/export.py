@@ -25,6 +25,9 @@ NUM_CLASSES = 10
 SIGNATURE_NAME = "serving_default"
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
+UNSURE_NAME = "unsure"
+LOGITS_LAYER = "logits"
+"""The layer before the softmax: the temperature divides its output."""
 METADATA_FILE = "metadata.json"
 
 INPUT_SPEC: dict[str, Any] = {
@@ -40,6 +43,12 @@ OUTPUT_SPEC: dict[str, Any] = {
     "shape": [-1, NUM_CLASSES],
     "meaning": "softmax probability of each digit 0-9",
 }
+UNSURE_SPEC: dict[str, Any] = {
+    "name": UNSURE_NAME,
+    "dtype": "bool",
+    "shape": [-1],
+    "meaning": "true when the largest probability is below the calibration's unsure threshold",
+}
 
 
 def existing_versions(model_dir: Path) -> list[int]:
@@ -53,20 +62,42 @@ def existing_versions(model_dir: Path) -> list[int]:
     )
 
 
-def save_serving_model(model: keras.Model, path: Path) -> None:
-    """Write a SavedModel whose only signature is `serving_default(image) -> {probabilities}`.
+def logits_of(model: keras.Model) -> keras.Model:
+    """The same model without its final softmax."""
+    import keras
 
-    The signature is explicit (named input and output, dynamic batch) so TensorFlow Serving and
-    this project's server read the same contract from the file.
+    return keras.Model(model.input, model.get_layer(LOGITS_LAYER).output)
+
+
+def save_serving_model(
+    model: keras.Model, path: Path, temperature: float = 1.0, unsure_below: float | None = None
+) -> None:
+    """Write a SavedModel whose only signature is `serving_default(image) -> {probabilities}`,
+    plus `unsure` when a threshold is given.
+
+    The signature is explicit (named input and outputs, dynamic batch) so TensorFlow Serving and
+    this project's server read the same contract from the file. The calibration (temperature and
+    unsure threshold) is part of the graph, so every client of the file, TensorFlow Serving's
+    too, gets calibrated probabilities and the same flag as this project's server.
     """
     import keras
     import tensorflow as tf
 
     archive = keras.export.ExportArchive()
     archive.track(model)
+    logits = logits_of(model) if temperature != 1.0 else None
+    if logits is not None:
+        archive.track(logits)
 
     def serve(image: Any) -> dict[str, Any]:
-        return {OUTPUT_NAME: model(image, training=False)}
+        if logits is None:
+            probabilities = model(image, training=False)
+        else:
+            probabilities = tf.nn.softmax(logits(image, training=False) / temperature)
+        outputs = {OUTPUT_NAME: probabilities}
+        if unsure_below is not None:
+            outputs[UNSURE_NAME] = tf.reduce_max(probabilities, axis=1) < unsure_below
+        return outputs
 
     archive.add_endpoint(
         name=SIGNATURE_NAME,
@@ -119,6 +150,8 @@ def export_version(
     model_dir: Path,
     metadata: dict[str, Any],
     write_extras: Callable[[Path], None] | None = None,
+    temperature: float = 1.0,
+    unsure_below: float | None = None,
 ) -> tuple[int, Path]:
     """Write the SavedModel, `metadata.json` and any extras (reports), then publish atomically.
 
@@ -130,7 +163,7 @@ def export_version(
 
     try:
         with staging_directory(model_dir) as staging:
-            save_serving_model(model, staging)
+            save_serving_model(model, staging, temperature, unsure_below)
             if write_extras is not None:
                 write_extras(staging)
             metadata = {
@@ -138,6 +171,7 @@ def export_version(
                 "signature_name": SIGNATURE_NAME,
                 "input": INPUT_SPEC,
                 "output": OUTPUT_SPEC,
+                "extra_outputs": [UNSURE_SPEC] if unsure_below is not None else [],
             }
             (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
             return publish(staging, model_dir)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 
 from training.config import ModelConfig
-from training.export import INPUT_SHAPE, NUM_CLASSES
+from training.export import INPUT_SHAPE, LOGITS_LAYER, NUM_CLASSES
 
 
 def build_model(config: ModelConfig) -> keras.Model:
@@ -43,5 +43,6 @@ def build_model(config: ModelConfig) -> keras.Model:
     x = keras.layers.ReLU(name="dense_relu")(x)
     if config.dense_dropout:
         x = keras.layers.Dropout(config.dense_dropout, name="dense_dropout")(x)
-    outputs = keras.layers.Dense(NUM_CLASSES, activation="softmax", name="probabilities")(x)
+    logits = keras.layers.Dense(NUM_CLASSES, name=LOGITS_LAYER)(x)
+    outputs = keras.layers.Softmax(name="probabilities")(logits)
     return keras.Model(inputs, outputs, name="mnist_cnn")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -84,6 +85,41 @@ def plot_sample_predictions(
             color="red" if mistaken else "black",
         )
     fig.suptitle("Sample test predictions (mistakes first, in red)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_hardest(
+    images: npt.NDArray[np.uint8],
+    labels: npt.NDArray[np.integer[Any]],
+    probabilities: npt.NDArray[np.float64],
+    unsure_below: float,
+    path: Path,
+    count: int = 30,
+) -> None:
+    """The foreign digits with the least probability on their true digit, with what the model
+    said and how sure it was."""
+    truth = probabilities[np.arange(len(labels)), labels]
+    order = np.argsort(truth)[:count]
+    columns = 10
+    rows = max(1, int(np.ceil(len(order) / columns)))
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.2, rows * 1.5))
+    for ax in np.atleast_1d(axes).ravel():
+        ax.axis("off")
+    for ax, index in zip(np.atleast_1d(axes).ravel(), order, strict=False):
+        said = int(probabilities[index].argmax())
+        confidence = float(probabilities[index, said])
+        flag = " ?" if confidence < unsure_below else ""
+        ax.imshow(images[index], cmap="gray_r")
+        ax.set_title(
+            f"{said} ({confidence:.0%}){flag}\ntrue {labels[index]}",
+            fontsize=8,
+            color="red" if said != labels[index] else "black",
+        )
+    fig.suptitle(
+        "Hardest held-out foreign digits: what the model said (? = flagged unsure)", fontsize=10
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -201,16 +201,20 @@ def _on_paper(mask: Image.Image, rng: np.random.Generator) -> Image.Image:
 def render_font_digit(path: Path, digit: int, rng: np.random.Generator) -> Image.Image:
     """One digit in a handwriting font, with a random size, stroke weight, slant, rotation,
     position, paper, ink and blur."""
+    return render_glyph(path, str(digit), rng)
+
+
+def render_glyph(path: Path, text: str, rng: np.random.Generator) -> Image.Image:
     size = int(rng.integers(60, 140))
     font = ImageFont.truetype(str(path), size)
     bold = int(rng.choice([0, 0, 1, 2, 3])) * size // 60
     canvas = Image.new("L", (size * 2, size * 2), 0)
     ImageDraw.Draw(canvas).text(
-        (size // 2, size // 4), str(digit), font=font, fill=255, stroke_width=bold, stroke_fill=255
+        (size // 2, size // 4), text, font=font, fill=255, stroke_width=bold, stroke_fill=255
     )
     box = canvas.getbbox()
     if box is None:
-        raise ValueError(f"{path.name} draws nothing for {digit}")
+        raise ValueError(f"{path.name} draws nothing for {text!r}")
     return _on_paper(_pose(canvas.crop(box), rng), rng)
 
 
@@ -218,20 +222,30 @@ def draw_style(style: str, rng: np.random.Generator) -> Image.Image:
     """A drawn digit: the style's strokes, each point moved a little, with a round pen of random
     width on a 280x280 pad (as the web page draws), then posed and put on paper."""
     _, strokes = DRAWN_STYLES[style]
-    side = 280
-    pad = Image.new("L", (side, side), 0)
-    draw = ImageDraw.Draw(pad)
     width = int(rng.integers(8, 48))  # a fine pen to a fat marker or a finger on a phone
     wobble = float(rng.uniform(0.005, 0.04))
     stretch_x, stretch_y = rng.uniform(0.75, 1.2), rng.uniform(0.85, 1.15)
-    for stroke in strokes:
-        points = [
+    moved = [
+        [
             (
-                (0.5 + (x - 0.5) * stretch_x + rng.normal(0, wobble)) * side,
-                (0.5 + (y - 0.5) * stretch_y + rng.normal(0, wobble)) * side,
+                0.5 + (x - 0.5) * stretch_x + rng.normal(0, wobble),
+                0.5 + (y - 0.5) * stretch_y + rng.normal(0, wobble),
             )
             for x, y in stroke
         ]
+        for stroke in strokes
+    ]
+    return draw_strokes(moved, width, rng)
+
+
+def draw_strokes(strokes: Sequence[Stroke], width: int, rng: np.random.Generator) -> Image.Image:
+    """Strokes in the unit square drawn with a round pen `width` pixels wide on a 280x280 pad (as
+    the web page draws), then posed and put on paper."""
+    side = 280
+    pad = Image.new("L", (side, side), 0)
+    draw = ImageDraw.Draw(pad)
+    for stroke in strokes:
+        points = [(x * side, y * side) for x, y in stroke]
         draw.line(points, fill=255, width=width, joint="curve")
         for x, y in points:  # a round pen: every joint and end is a disc
             draw.ellipse((x - width / 2, y - width / 2, x + width / 2, y + width / 2), fill=255)

@@ -14,12 +14,20 @@ import numpy as np
 import numpy.typing as npt
 import tensorflow as tf
 
+from training import extra_data, generalisation
+from training.calibration import Calibration, calibrate, calibration_report, softmax
 from training.config import TrainConfig
 from training.data import MnistSplits, load_mnist
 from training.evaluate import Evaluation, evaluate_probabilities
-from training.export import export_version
+from training.export import export_version, logits_of
+from training.extra_data import ExtraConfig, LabelledImages
 from training.model import build_model
-from training.report import plot_confusion_matrix, plot_history, plot_sample_predictions
+from training.report import (
+    plot_confusion_matrix,
+    plot_hardest,
+    plot_history,
+    plot_sample_predictions,
+)
 
 # Real test digits stored with every version: the serving side checks a freshly loaded model
 # against them before it goes live.
@@ -35,20 +43,55 @@ class TrainResult:
     seconds: float
     history: dict[str, list[float]]
     model: keras.Model
+    calibration: Calibration
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """The pictures made for one run, in one pool of processes."""
+
+    training: LabelledImages
+    calibration: LabelledImages
+    """Held-in foreign digits, not trained on: the temperature is fitted on them."""
+    held_out: LabelledImages
+    """Held-out foreign digits and not-a-digit pictures, for the figures written at export."""
+
+
+def render_extras(config: TrainConfig) -> Rendered:
+    extra = config.extra or ExtraConfig()
+    return Rendered(
+        *extra_data.render(
+            extra_data.training_jobs(config.extra, config.seed) if config.extra else [],
+            extra_data.calibration_jobs(extra, config.seed) if config.extra else [],
+            extra_data.held_out_jobs(extra) if config.reports else [],
+        )
+    )
+
+
+@dataclass(frozen=True)
+class MnistValidation:
+    images: npt.NDArray[np.uint8]
+    labels: npt.NDArray[np.int64]
 
 
 def make_datasets(
-    splits: MnistSplits, config: TrainConfig
-) -> tuple[tf.data.Dataset, tf.data.Dataset | None]:
-    """Shuffle once with the seed, hold out the validation tail, augment the training part only."""
+    splits: MnistSplits, config: TrainConfig, extras: LabelledImages
+) -> tuple[tf.data.Dataset, tf.data.Dataset | None, MnistValidation]:
+    """Shuffle once with the seed, hold out the validation tail, perturb a share of the rest, add
+    the rendered extras, augment the training part only."""
     images, labels = splits.train_images, splits.train_labels
     if config.limit is not None:
         images, labels = images[: config.limit], labels[: config.limit]
     order = np.random.default_rng(config.seed).permutation(len(images))
-    images, labels = images[order], labels[order]
+    images, digits = images[order], labels[order].astype(np.int64)
     n_val = int(len(images) * config.validation_split)
-    x = images[..., None].astype(np.float32)
-    x_train, y_train, x_val, y_val = x[n_val:], labels[n_val:], x[:n_val], labels[:n_val]
+    train_images, val_images = images[n_val:], images[:n_val]
+    if config.extra is not None and config.extra.perturbed_share:
+        train_images = extra_data.perturb_share(
+            train_images, config.extra.perturbed_share, config.seed
+        )
+    x_train = np.concatenate([train_images, extras.images])[..., None].astype(np.float32)
+    y_train = np.concatenate([extra_data.one_hot(digits[n_val:]), extras.targets])
 
     train = (
         tf.data.Dataset.from_tensor_slices((x_train, y_train))
@@ -62,9 +105,20 @@ def make_datasets(
         )
     train = train.prefetch(tf.data.AUTOTUNE)
     validation = (
-        tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(512).cache() if n_val else None
+        tf.data.Dataset.from_tensor_slices(
+            (val_images[..., None].astype(np.float32), extra_data.one_hot(digits[:n_val]))
+        )
+        .batch(512)
+        .cache()
+        if n_val
+        else None
     )
-    return train, validation
+    return train, validation, MnistValidation(val_images, digits[:n_val])
+
+
+def mnist_train_count(splits: MnistSplits, config: TrainConfig) -> int:
+    """MNIST training images used (validation included)."""
+    return len(splits.train_labels) if config.limit is None else config.limit
 
 
 def make_augmenter(seed: int) -> keras.Sequential:
@@ -89,21 +143,26 @@ def compile_model(model: keras.Model, config: TrainConfig, steps: int) -> None:
     )
     model.compile(
         optimizer=keras.optimizers.Adam(schedule, use_ema=config.ema, ema_momentum=0.99),
-        loss="sparse_categorical_crossentropy",
+        loss="categorical_crossentropy",  # targets are rows: not-a-digit pictures are uniform
         metrics=["accuracy"],
     )
 
 
-def predict_in_batches(
-    model: keras.Model, images: npt.NDArray[np.uint8]
-) -> npt.NDArray[np.float32]:
-    """One compiled forward pass per 1,000 images: `model.predict` would add its own overhead."""
-    forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-    parts = [
-        forward(tf.constant(images[i : i + 1000, ..., None], dtype=tf.float32)).numpy()
-        for i in range(0, len(images), 1000)
-    ]
-    return np.concatenate(parts) if parts else np.zeros((0, 10), np.float32)
+def predict_logits(
+    model: keras.Model,
+) -> Callable[[npt.NDArray[np.uint8]], npt.NDArray[np.float32]]:
+    """Logits in one compiled forward pass per 1,000 images (`model.predict` would add its own
+    overhead)."""
+    forward = tf.function(lambda x: logits_of(model)(x, training=False), reduce_retracing=True)
+
+    def logits(images: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+        parts = [
+            forward(tf.constant(images[i : i + 1000, ..., None], dtype=tf.float32)).numpy()
+            for i in range(0, len(images), 1000)
+        ]
+        return np.concatenate(parts) if parts else np.zeros((0, 10), np.float32)
+
+    return logits
 
 
 def run(
@@ -111,16 +170,26 @@ def run(
     splits: MnistSplits | None = None,
     *,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    say: Callable[[str], None] = lambda _: None,
 ) -> TrainResult:
-    """Train, evaluate on the official test set, and export one new version.
+    """Train, calibrate, evaluate on the official test set, and export one new version.
 
-    `splits` lets tests pass a few hundred images instead of reading the files.
+    `splits` lets tests pass a few hundred images instead of reading the files; `say` hears
+    what the run is doing between the epochs.
     """
     started = time.monotonic()
     keras.utils.set_random_seed(config.seed)
     if splits is None:
         splits = load_mnist(config.data_dir)
-    train, validation = make_datasets(splits, config)
+    say("rendering the extra training pictures (fonts, drawn styles, not-a-digit)")
+    rendered = render_extras(config)
+    held_out = rendered.held_out
+    train, validation, mnist_validation = make_datasets(splits, config, rendered.training)
+    mnist_train = mnist_train_count(splits, config) - len(mnist_validation.labels)
+    say(
+        f"training on {mnist_train:,} MNIST digits and {len(rendered.training.targets):,} "
+        "rendered pictures"
+    )
     model = build_model(config.model)
     compile_model(model, config, steps=config.epochs * int(train.cardinality().numpy()))
     callbacks: list[keras.callbacks.Callback] = []
@@ -143,8 +212,34 @@ def run(
     history = {key: [float(v) for v in values] for key, values in fit.history.items()}
     train_seconds = time.monotonic() - started
 
-    probabilities = predict_in_batches(model, splits.test_images)
+    say("calibrating and evaluating")
+    logits = predict_logits(model)
+    validation_logits = logits(mnist_validation.images)
+    calibration_logits = logits(rendered.calibration.images)
+    calibration = calibrate(
+        validation_logits,
+        mnist_validation.labels,
+        calibration_logits,
+        rendered.calibration.labels,
+    )
+    test_logits = logits(splits.test_images)
+    probabilities = softmax(test_logits, calibration.temperature).astype(np.float32)
     evaluation = evaluate_probabilities(probabilities, splits.test_labels)
+    calibration_figures: dict[str, Any] = {
+        "mnist_validation": calibration_report(
+            validation_logits, mnist_validation.labels, calibration
+        ),
+        "foreign_held_in": calibration_report(
+            calibration_logits, rendered.calibration.labels, calibration
+        ),
+        "mnist_test": calibration_report(test_logits, splits.test_labels, calibration),
+    }
+    held_out_digits = np.zeros((0, 10))
+    robustness: dict[str, float] = {}
+    if config.reports:
+        figures, held_out_digits = generalisation.held_out_report(logits, held_out, calibration)
+        calibration_figures.update(figures)
+        robustness = generalisation.robustness(logits, splits.test_images, splits.test_labels)
 
     def write_extras(directory: Path) -> None:
         gate = slice(0, GATE_SAMPLES)
@@ -159,6 +254,15 @@ def run(
             plot_sample_predictions(
                 splits.test_images, splits.test_labels, evaluation, directory / "samples.png"
             )
+            is_digit = held_out.targets.max(axis=1) == 1.0
+            if is_digit.any():
+                plot_hardest(
+                    held_out.images[is_digit],
+                    held_out.labels[is_digit],
+                    held_out_digits,
+                    calibration.unsure_below,
+                    directory / "hardest_foreign.png",
+                )
 
     metadata: dict[str, Any] = {
         "model_name": config.model_name,
@@ -166,13 +270,21 @@ def run(
         "test_accuracy": round(evaluation.accuracy, 6),
         "test_loss": round(evaluation.loss, 6),
         "test_images": len(splits.test_labels),
-        "train_images": len(splits.train_labels) if config.limit is None else config.limit,
+        "train_images": mnist_train_count(splits, config),
+        "rendered_train_images": len(rendered.training.targets),
         "per_class": evaluation.per_class(),
         "confusion_matrix": evaluation.confusion.tolist(),
         "parameters": int(model.count_params()),
         "training_config": config.to_json(),
         "training_seconds": round(train_seconds, 2),
         "history": history,
+        "calibration": calibration.to_json(calibration_figures),
+        "robustness": {
+            "digits": min(generalisation.ROBUSTNESS_DIGITS, len(splits.test_labels)),
+            "accuracy": robustness,
+        }
+        if robustness
+        else None,
         "dataset_sha256": dict(splits.checksums),
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
@@ -182,7 +294,12 @@ def run(
         },
     }
     version, path = export_version(
-        model, Path(config.model_repository) / config.model_name, metadata, write_extras
+        model,
+        Path(config.model_repository) / config.model_name,
+        metadata,
+        write_extras,
+        temperature=calibration.temperature,
+        unsure_below=calibration.unsure_below,
     )
     return TrainResult(
         version=version,
@@ -192,4 +309,5 @@ def run(
         seconds=time.monotonic() - started,
         history=history,
         model=model,
+        calibration=calibration,
     )

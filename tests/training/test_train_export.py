@@ -34,16 +34,37 @@ def test_two_runs_export_versions_that_tensorflow_reloads(
     assert metadata["parameters"] == second.parameters
     assert metadata["dataset_sha256"]["t10k-images-idx3-ubyte"].startswith("0fa7898d")
     assert metadata["test_accuracy"] == pytest.approx(second.evaluation.accuracy, abs=1e-6)
-    for report in ("training_curves.png", "confusion_matrix.png", "samples.png"):
+    for report in (
+        "training_curves.png",
+        "confusion_matrix.png",
+        "samples.png",
+        "hardest_foreign.png",
+    ):
         assert (version_dir / report).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    calibration = metadata["calibration"]
+    assert calibration["temperature"] == second.calibration.temperature
+    assert 0 < calibration["unsure_below"] == second.calibration.unsure_below <= 1
+    for figures in ("mnist_validation", "mnist_test", "foreign_held_in", "foreign_held_out"):
+        assert set(calibration[figures]) >= {"images", "accuracy", "ece_before", "ece_after"}
+    assert calibration["not_digits_held_out"]["images"] > 100
+    assert set(metadata["robustness"]["accuracy"]) == {
+        "none", "thick", "thin", "swollen", "fractured", "slanted", "elastic"
+    }  # fmt: skip
+    assert metadata["extra_outputs"] == [export.UNSURE_SPEC]
 
     loaded = tf.saved_model.load(str(version_dir))
     signature = loaded.signatures["serving_default"]
     images = mnist.test_images[:50, ..., None].astype(np.float32)
-    served = signature(image=tf.constant(images))["probabilities"].numpy()
-    in_memory = np.asarray(second.model(images, training=False))
-    np.testing.assert_allclose(served, in_memory, atol=1e-5)
+    outputs = signature(image=tf.constant(images))
+    served = outputs["probabilities"].numpy()
+    # The temperature is in the graph: softmax(logits / T) of the model in memory.
+    logits = np.asarray(export.logits_of(second.model)(images, training=False), np.float64)
+    scaled = np.exp((logits - logits.max(axis=1, keepdims=True)) / second.calibration.temperature)
+    np.testing.assert_allclose(served, scaled / scaled.sum(axis=1, keepdims=True), atol=1e-5)
     assert (served.argmax(1) == second.evaluation.predicted[:50]).all()
+    unsure = outputs["unsure"].numpy()
+    assert unsure.dtype == bool
+    assert (unsure == (served.max(axis=1) < second.calibration.unsure_below)).all()
 
 
 def test_failed_export_leaves_no_version_and_no_staging(
@@ -85,6 +106,7 @@ def test_a_full_disk_during_export_fails_cleanly_and_publishes_nothing(tmp_path:
     result = subprocess.run(
         [sys.executable, "-m", "training", "--model-repository", str(repository),
          "--limit", "300", "--epochs", "1", "--no-reports", "--quiet", "--no-augment",
+         "--no-extra-data",
          "--blocks", "1", "--filters", "16", "--dense-units", "64"],
         capture_output=True, text=True, preexec_fn=small_disk, timeout=300,
     )  # fmt: skip
