@@ -108,7 +108,8 @@ def local_classifier(repository: Path, name: str, version: int | None) -> Classi
             images = np.stack([pixels for _, pixels in prepared])[..., None].astype(np.float32)
             for (index, _), row in zip(prepared, model.predict(images).tolist(), strict=True):
                 digit = int(np.argmax(row))
-                results[index] = Prediction(digit, row[digit], row, str(chosen))
+                unsure = row[digit] < model.unsure_below
+                results[index] = Prediction(digit, row[digit], row, str(chosen), unsure=unsure)
         return results
 
     return classify
@@ -166,7 +167,8 @@ def write_table(outcomes: list[Outcome], out: TextIO) -> None:
     for o in outcomes:
         if o.prediction is not None:
             p = o.prediction
-            out.write(f"{o.path:<{width}}  {p.digit:>5}  {p.probability:>11.4f}\n")
+            flag = "  unsure" if p.unsure else ""
+            out.write(f"{o.path:<{width}}  {p.digit:>5}  {p.probability:>11.4f}{flag}\n")
         else:
             out.write(f"{o.path:<{width}}  error: {o.error}\n")
 
@@ -181,6 +183,7 @@ def write_json(outcomes: list[Outcome], out: TextIO) -> None:
                     "file": o.path,
                     "digit": p.digit,
                     "probability": p.probability,
+                    "unsure": p.unsure,
                     "probabilities": p.probabilities,
                     "model_version": p.model_version,
                 }
@@ -193,14 +196,15 @@ def write_json(outcomes: list[Outcome], out: TextIO) -> None:
 
 def write_csv(outcomes: list[Outcome], out: TextIO) -> None:
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["file", "digit", "probability", *(f"p{d}" for d in range(10)), "error"])
+    header = ["file", "digit", "probability", "unsure", *(f"p{d}" for d in range(10)), "error"]
+    writer.writerow(header)
     for o in outcomes:
         if o.prediction is not None:
             p = o.prediction
             shares = (f"{v:.6f}" for v in p.probabilities)
-            writer.writerow([o.path, p.digit, f"{p.probability:.6f}", *shares, ""])
+            writer.writerow([o.path, p.digit, f"{p.probability:.6f}", p.unsure, *shares, ""])
         else:
-            writer.writerow([o.path, "", "", *[""] * 10, o.error])
+            writer.writerow([o.path, "", "", "", *[""] * 10, o.error])
 
 
 # --- the command -----------------------------------------------------------------------------

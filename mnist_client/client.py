@@ -39,6 +39,8 @@ class Prediction:
     model_version: str
     input: str | list[list[int]] | None = None
     """The 28x28 image the model saw, when asked for (`return_input`)."""
+    unsure: bool = False
+    """The server's flag: less confident than the version's threshold (maybe not a digit)."""
 
 
 class ServerError(Exception):
@@ -126,6 +128,7 @@ def _predictions(response: httpx.Response) -> list[Prediction]:
             probabilities=[float(v) for v in p["probabilities"]],
             model_version=version,
             input=p.get("input"),
+            unsure=bool(p.get("unsure", False)),
         )
         for p in body["predictions"]
     ]

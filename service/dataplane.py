@@ -80,6 +80,15 @@ class Inference:
     probabilities: npt.NDArray[np.float32]
     model_name: str
     version: int
+    unsure_below: float
+    """Answers less confident than this are flagged unsure."""
+    signature_outputs: tuple[str, ...]
+    """What the version's serving signature returns (TensorFlow Serving's APIs answer these)."""
+
+    @property
+    def unsure(self) -> npt.NDArray[np.bool_]:
+        flags: npt.NDArray[np.bool_] = self.probabilities.max(axis=1) < self.unsure_below
+        return flags
 
 
 def refreeze_heap() -> None:
@@ -252,7 +261,14 @@ class DataPlane:
             finally:
                 gauge.dec()
             self._count_predictions(served.version, probabilities)
-            return Inference(probabilities, self.name, served.version)
+            model = served.model
+            return Inference(
+                probabilities,
+                self.name,
+                served.version,
+                self.settings.unsure_below or model.unsure_below,
+                model.signature_outputs,
+            )
         raise AssertionError("unreachable")
 
     def set_label(self, label: str, version: int) -> None:

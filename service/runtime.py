@@ -21,6 +21,9 @@ log = logging.getLogger("service.runtime")
 SIGNATURE_NAME = "serving_default"
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
+UNSURE_NAME = "unsure"
+DEFAULT_UNSURE_BELOW = 0.9
+"""For versions exported before calibration: answers below this confidence are flagged unsure."""
 IMAGE_SHAPE = (28, 28, 1)
 NUM_CLASSES = 10
 
@@ -65,6 +68,10 @@ class LoadedModel:
     """The SavedModel, while a converted runtime's answers are checked against it (the gate)."""
     call_seconds: list[tuple[int, float]] = field(default_factory=list)
     """Measured (batch size, seconds) of warm calls, to seed the batcher's cost model."""
+    unsure_below: float = DEFAULT_UNSURE_BELOW
+    """Answers less confident than this are flagged unsure (recorded at export)."""
+    signature_outputs: tuple[str, ...] = (OUTPUT_NAME,)
+    """The serving signature's outputs: TensorFlow Serving's API answers with these."""
 
 
 _TENSORFLOW_IMPORT = threading.Lock()
@@ -158,7 +165,15 @@ def load_model(
     _check_signature(path, signature)
     savedmodel = SavedModelPredictor(loaded, signature)
     model = LoadedModel(
-        name, version, path, metadata, time.monotonic() - started, "savedmodel", savedmodel
+        name,
+        version,
+        path,
+        metadata,
+        time.monotonic() - started,
+        "savedmodel",
+        savedmodel,
+        unsure_below=recorded_unsure_threshold(path, metadata),
+        signature_outputs=tuple(sorted(signature.structured_outputs)),
     )
     if runtime != "savedmodel":
         from service.tflite import TFLitePredictor, convert
@@ -172,6 +187,19 @@ def load_model(
         else:
             model.runtime, model.reference = "tflite", savedmodel
     return model
+
+
+def recorded_unsure_threshold(path: Path, metadata: dict[str, Any]) -> float:
+    """The threshold export chose on validation data, or the default for older versions."""
+    calibration = metadata.get("calibration")
+    if not isinstance(calibration, dict) or "unsure_below" not in calibration:
+        return DEFAULT_UNSURE_BELOW
+    threshold = calibration["unsure_below"]
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+        raise ModelLoadError(f"{path}: calibration.unsure_below is not a number: {threshold!r}")
+    if not 0 <= threshold <= 1:
+        raise ModelLoadError(f"{path}: calibration.unsure_below {threshold} is not in [0, 1]")
+    return float(threshold)
 
 
 def fall_back_to_savedmodel(model: LoadedModel, reason: str) -> None:
@@ -214,3 +242,9 @@ def _check_signature(path: Path, signature: Any) -> None:
     outputs = signature.structured_outputs
     if OUTPUT_NAME not in outputs:
         raise ModelLoadError(f"{path}: signature has no '{OUTPUT_NAME}' output")
+    unknown = sorted(set(outputs) - {OUTPUT_NAME, UNSURE_NAME})
+    if unknown:
+        raise ModelLoadError(
+            f"{path}: signature outputs {unknown} are unknown; expected '{OUTPUT_NAME}' "
+            f"(and '{UNSURE_NAME}')"
+        )

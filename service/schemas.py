@@ -31,7 +31,12 @@ class PredictRequest(BaseModel):
 
 class DigitPrediction(BaseModel):
     digit: int = Field(ge=0, le=9, description="The most probable digit.")
-    probability: float = Field(description="Probability of `digit`.")
+    probability: float = Field(description="Probability of `digit` (calibrated).")
+    unsure: bool = Field(
+        description="True when `probability` is below the version's unsure threshold (chosen "
+        "on validation data at export): the picture may not be a digit, or not one the model "
+        "can read. Show the top two digits, or ask again."
+    )
     probabilities: list[float] = Field(description="Probability of each digit 0-9.")
 
 
@@ -51,6 +56,7 @@ class PredictResponse(BaseModel):
                         {
                             "digit": 1,
                             "probability": 0.9987,
+                            "unsure": False,
                             "probabilities": _EXAMPLE_PROBABILITIES,
                         }
                     ],
@@ -149,7 +155,7 @@ V2_INFER_DOC: dict[str, object] = {
                             "data": _FLAT_EXAMPLE,
                         }
                     ],
-                    "outputs": [{"name": "probabilities"}, {"name": "digit"}],
+                    "outputs": [{"name": "probabilities"}, {"name": "digit"}, {"name": "unsure"}],
                 },
             },
             "application/octet-stream": {
@@ -176,6 +182,7 @@ V2_INFER_DOC: dict[str, object] = {
                                 "data": _EXAMPLE_PROBABILITIES,
                             },
                             {"name": "digit", "shape": [1], "datatype": "INT64", "data": [1]},
+                            {"name": "unsure", "shape": [1], "datatype": "BOOL", "data": [False]},
                         ],
                     }
                 }

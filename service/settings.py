@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     """Refuse a version whose answers on its shipped digits fall below its recorded accuracy."""
     correctness_margin: float = Field(0.1, ge=0, le=1)
     """How far below the recorded test accuracy the gate accuracy may fall."""
+    unsure_below: float | None = Field(None, gt=0, le=1)
+    """Flag answers less confident than this as unsure, for every version; default: each
+    version's threshold recorded at export (0.9 for versions exported without one)."""
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)

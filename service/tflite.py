@@ -51,14 +51,20 @@ class TFLitePredictor:
                 model_content=model_content, num_threads=threads or None
             )
         inputs = self._interpreter.get_input_details()
-        outputs = {o["name"]: o for o in self._interpreter.get_output_details()}
+        # The converter names outputs after graph tensors, not the signature: the probabilities
+        # are the one float output with a row of 10 (the other, `unsure`, is a boolean vector).
+        outputs = [
+            o
+            for o in self._interpreter.get_output_details()
+            if o["dtype"] == np.float32 and list(o["shape"][1:]) == [10]
+        ]
         if len(inputs) != 1 or len(outputs) != 1:
             raise ModelLoadError(
-                f"converted model has {len(inputs)} inputs and {len(outputs)} outputs; "
-                f"expected '{INPUT_NAME}' and '{OUTPUT_NAME}' only"
+                f"converted model has {len(inputs)} inputs and {len(outputs)} float outputs "
+                f"of 10 columns; expected '{INPUT_NAME}' and '{OUTPUT_NAME}' only"
             )
         self._input = inputs[0]["index"]
-        self._output = next(iter(outputs.values()))["index"]
+        self._output = outputs[0]["index"]
         self._batch = 0
         self._lock = threading.Lock()
 

@@ -18,6 +18,7 @@ from service.grpc_api.admission import admit_within_deadline
 from service.grpc_api.errors import abort_with
 from service.grpc_api.tfserving_protos import tfserving, tfserving_grpc
 from service.params import parse_label, shown
+from service.protocols.tfserving import OUTPUT_TENSORS
 from service.runtime import INPUT_NAME, OUTPUT_NAME, SIGNATURE_NAME
 from service.settings import Settings
 
@@ -66,10 +67,11 @@ def decode_tensor(tensor: Any, max_images: int) -> npt.NDArray[np.float32]:
     return check_pixels(array.reshape(-1, IMAGE_SIDE, IMAGE_SIDE, 1), INPUT_NAME)
 
 
-def _tensor_info(name: str, dims: list[int]) -> Any:
+def _tensor_info(name: str, dims: list[int], dtype: str = "DT_FLOAT") -> Any:
+    from tensorflow.core.framework import types_pb2
     from tensorflow.core.protobuf import meta_graph_pb2
 
-    info = meta_graph_pb2.TensorInfo(name=name, dtype=1)  # DT_FLOAT
+    info = meta_graph_pb2.TensorInfo(name=name, dtype=types_pb2.DataType.Value(dtype))
     for size in dims:
         info.tensor_shape.dim.add(size=size)
     return info
@@ -98,8 +100,9 @@ class PredictionService(tfserving_grpc.PredictionServiceServicer):  # type: igno
             raise InvalidInput(
                 f"expected one input named '{INPUT_NAME}', got {sorted(request.inputs)}"
             )
+        offered = plane.resolve(spec.name, version, label).model.signature_outputs
         for name in request.output_filter:
-            if name != OUTPUT_NAME:
+            if name not in offered:
                 raise InvalidInput(f"output tensor alias not found in signature: {shown(name)}")
         images = decode_tensor(request.inputs[INPUT_NAME], self.settings.max_request_images)
         result = await plane.infer(images, spec.name, version, label, budget=budget)
@@ -107,7 +110,9 @@ class PredictionService(tfserving_grpc.PredictionServiceServicer):  # type: igno
         response.model_spec.name = result.model_name
         response.model_spec.version.value = result.version
         response.model_spec.signature_name = SIGNATURE_NAME
-        response.outputs[OUTPUT_NAME].CopyFrom(tf.make_tensor_proto(result.probabilities))
+        for name in request.output_filter or result.signature_outputs:
+            array = result.probabilities if name == OUTPUT_NAME else result.unsure
+            response.outputs[name].CopyFrom(tf.make_tensor_proto(array))
         return response
 
     @abort_with
@@ -123,7 +128,9 @@ class PredictionService(tfserving_grpc.PredictionServiceServicer):  # type: igno
         signature.inputs[INPUT_NAME].CopyFrom(
             _tensor_info(f"{SIGNATURE_NAME}_{INPUT_NAME}:0", [-1, 28, 28, 1])
         )
-        signature.outputs[OUTPUT_NAME].CopyFrom(_tensor_info("StatefulPartitionedCall:0", [-1, 10]))
+        for name in served.model.signature_outputs:
+            dims, tensor, dtype = OUTPUT_TENSORS[name]
+            signature.outputs[name].CopyFrom(_tensor_info(tensor, dims, dtype))
         signatures = tfserving.SignatureDefMap()
         signatures.signature_def[SIGNATURE_NAME].CopyFrom(signature)
         response = tfserving.GetModelMetadataResponse()

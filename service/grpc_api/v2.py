@@ -22,8 +22,14 @@ from service.grpc_api.admission import admit_within_deadline
 from service.grpc_api.errors import abort_with
 from service.grpc_api.protos import inference, inference_grpc
 from service.params import parse_version, shown
-from service.protocols.v2 import ACCEPTED_SHAPES, DATATYPES, DIGIT_OUTPUT
-from service.runtime import INPUT_NAME, OUTPUT_NAME
+from service.protocols.v2 import (
+    ACCEPTED_SHAPES,
+    DATATYPES,
+    OUTPUTS,
+    check_output_name,
+    output_tensor,
+)
+from service.runtime import INPUT_NAME
 from service.settings import Settings
 
 # Which InferTensorContents field holds each datatype.
@@ -39,7 +45,6 @@ CONTENTS_FIELD = {
     "FP32": "fp32_contents",
     "FP64": "fp64_contents",
 }
-OUTPUTS = (OUTPUT_NAME, DIGIT_OUTPUT)
 
 
 def version_of(text: str) -> int | None:
@@ -97,13 +102,7 @@ def decode_images(request: Any, max_images: int) -> npt.NDArray[np.float32]:
 
 
 def requested_outputs(request: Any) -> list[str]:
-    names = [o.name for o in request.outputs] or list(OUTPUTS)
-    for name in names:
-        if name not in OUTPUTS:
-            raise InvalidInput(
-                f"unknown output {shown(name)}; this model has '{OUTPUT_NAME}' and '{DIGIT_OUTPUT}'"
-            )
-    return names
+    return [check_output_name(o.name) for o in request.outputs] or list(OUTPUTS)
 
 
 class InferenceService(inference_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
@@ -140,8 +139,8 @@ class InferenceService(inference_grpc.GRPCInferenceServiceServicer):  # type: ig
             platform="tensorflow_savedmodel",
             inputs=[tensor(name=INPUT_NAME, datatype="FP32", shape=[-1, 28, 28, 1])],
             outputs=[
-                tensor(name=OUTPUT_NAME, datatype="FP32", shape=[-1, 10]),
-                tensor(name=DIGIT_OUTPUT, datatype="INT64", shape=[-1]),
+                tensor(name=name, datatype=datatype, shape=shape)
+                for name, (datatype, shape) in OUTPUTS.items()
             ],
         )
 
@@ -158,12 +157,7 @@ class InferenceService(inference_grpc.GRPCInferenceServiceServicer):  # type: ig
             model_name=result.model_name, model_version=str(result.version), id=request.id
         )
         for name in outputs:
-            if name == OUTPUT_NAME:
-                array = result.probabilities.astype("<f4", copy=False)
-                datatype = "FP32"
-            else:
-                array = result.probabilities.argmax(axis=1).astype("<i8")
-                datatype = "INT64"
+            array, datatype = output_tensor(name, result)
             response.outputs.add(name=name, datatype=datatype, shape=list(array.shape))
             response.raw_output_contents.append(array.tobytes())
         return response

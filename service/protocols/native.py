@@ -89,7 +89,9 @@ def native_body(result: Inference) -> dict[str, Any]:
         "model_name": result.model_name,
         "model_version": str(result.version),
         "predictions": [
-            {"digit": int(digit), "probability": row[digit], "probabilities": row}
-            for digit, row in zip(digits.tolist(), rows, strict=True)
+            {"digit": digit, "probability": row[digit], "unsure": unsure, "probabilities": row}
+            for digit, row, unsure in zip(
+                digits.tolist(), rows, result.unsure.tolist(), strict=True
+            )
         ],
     }

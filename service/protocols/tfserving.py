@@ -1,7 +1,9 @@
 """TensorFlow Serving's REST API, so existing TF Serving clients work unchanged.
 
 Shapes follow TF Serving's `api_rest.md`: `instances` (row format) answers `predictions`, `inputs`
-(columnar) answers `outputs`; with one output tensor its name is left out. Errors are
+(columnar) answers `outputs`; with one output tensor its name is left out. The outputs are those
+of the version's serving signature, as TensorFlow Serving would answer for the same file:
+`probabilities`, and `unsure` for versions exported with a calibration. Errors are
 `{"error": ...}` with 400 for invalid arguments, as TF Serving's HTTP server maps them.
 """
 
@@ -19,12 +21,17 @@ from service.errors import InvalidInput, ModelNotFound
 from service.params import parse_label, parse_version, shown
 from service.protocols.admission import admit
 from service.protocols.body import json_response, plane_of, read_json, settings_of
-from service.runtime import INPUT_NAME, OUTPUT_NAME, SIGNATURE_NAME
+from service.runtime import INPUT_NAME, OUTPUT_NAME, SIGNATURE_NAME, UNSURE_NAME
 from service.schemas import ERROR_RESPONSES, TFSERVING_PREDICT_DOC
 
 router = APIRouter(tags=["tensorflow-serving"])
 
 PIXEL_BLOCKS = frozenset({("instances",), ("inputs",)})
+# Output -> (shape, graph tensor, dtype) as a SavedModel exported by training/export.py lists it.
+OUTPUT_TENSORS: dict[str, tuple[list[int], str, str]] = {
+    OUTPUT_NAME: ([-1, 10], "StatefulPartitionedCall:0", "DT_FLOAT"),
+    UNSURE_NAME: ([-1], "StatefulPartitionedCall:1", "DT_BOOL"),
+}
 
 
 def images_from_tfs_payload(
@@ -73,8 +80,15 @@ async def _predict(
     payload, check_booleans = await read_json(request, settings, lenient=True, blocks=PIXEL_BLOCKS)
     images, columnar = images_from_tfs_payload(payload, settings.max_request_images, check_booleans)
     result = await call.infer(images)
-    key = "outputs" if columnar else "predictions"
-    return json_response({key: result.probabilities})
+    if UNSURE_NAME not in result.signature_outputs:
+        return json_response({"outputs" if columnar else "predictions": result.probabilities})
+    unsure = result.unsure
+    if columnar:
+        return json_response({"outputs": {OUTPUT_NAME: result.probabilities, UNSURE_NAME: unsure}})
+    rows = zip(result.probabilities.tolist(), unsure.tolist(), strict=True)
+    return json_response(
+        {"predictions": [{OUTPUT_NAME: row, UNSURE_NAME: flag} for row, flag in rows]}
+    )
 
 
 @router.post(
@@ -150,9 +164,11 @@ async def status_version(request: Request, name: str, version: str) -> Response:
     return _status(plane_of(request), name, parse_version(version))
 
 
-def _tensor_info(name: str, dims: list[int], tensor: str) -> dict[str, Any]:
+def _tensor_info(
+    name: str, dims: list[int], tensor: str, dtype: str = "DT_FLOAT"
+) -> dict[str, Any]:
     return {
-        "dtype": "DT_FLOAT",
+        "dtype": dtype,
         "tensor_shape": {
             "dim": [{"size": str(d), "name": ""} for d in dims],
             "unknown_rank": False,
@@ -171,7 +187,10 @@ def _metadata(
                 INPUT_NAME, [-1, 28, 28, 1], f"{SIGNATURE_NAME}_{INPUT_NAME}:0"
             )
         },
-        "outputs": {OUTPUT_NAME: _tensor_info(OUTPUT_NAME, [-1, 10], "StatefulPartitionedCall:0")},
+        "outputs": {
+            name: _tensor_info(name, *OUTPUT_TENSORS[name])
+            for name in served.model.signature_outputs
+        },
         "method_name": "tensorflow/serving/predict",
         "defaults": {},
     }

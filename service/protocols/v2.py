@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service import __version__
-from service.dataplane import DataPlane
+from service.dataplane import DataPlane, Inference
 from service.decoding import (
     IMAGE_SIDE,
     PIXELS,
@@ -32,7 +32,7 @@ from service.errors import InvalidInput, MalformedRequest, ModelNotFound, Unsupp
 from service.params import parse_length_header, parse_version, shown
 from service.protocols.admission import admit
 from service.protocols.body import json_response, plane_of, read_body, settings_of
-from service.runtime import INPUT_NAME, OUTPUT_NAME
+from service.runtime import INPUT_NAME, OUTPUT_NAME, UNSURE_NAME
 from service.schemas import ERROR_RESPONSES, V2_INFER_DOC
 from service.settings import Settings
 
@@ -43,6 +43,31 @@ router = APIRouter(tags=["kserve-v2"])
 
 BINARY_HEADER = "inference-header-content-length"
 DIGIT_OUTPUT = "digit"
+
+# Every output, as (datatype, shape); all of them come back when a request names none.
+OUTPUTS: dict[str, tuple[str, list[int]]] = {
+    OUTPUT_NAME: ("FP32", [-1, 10]),
+    DIGIT_OUTPUT: ("INT64", [-1]),
+    UNSURE_NAME: ("BOOL", [-1]),
+}
+OUTPUT_LIST = ", ".join(f"'{name}'" for name in OUTPUTS)
+
+
+def output_tensor(name: str, result: Inference) -> tuple[npt.NDArray[Any], str]:
+    """One named output as a little-endian array (the binary extension's and gRPC's raw layout)
+    and its V2 datatype."""
+    if name == OUTPUT_NAME:
+        return result.probabilities.astype("<f4", copy=False), "FP32"
+    if name == DIGIT_OUTPUT:
+        return result.probabilities.argmax(axis=1).astype("<i8"), "INT64"
+    return result.unsure, "BOOL"
+
+
+def check_output_name(name: object) -> str:
+    if name not in OUTPUTS:
+        raise InvalidInput(f"unknown output {shown(name)}; this model has {OUTPUT_LIST}")
+    return str(name)
+
 
 # V2 datatypes a pixel may arrive in, as little-endian numpy types (the binary extension's order).
 DATATYPES: dict[str, np.dtype[Any]] = {
@@ -101,8 +126,8 @@ def _model_metadata(plane: DataPlane, name: str, version: str | None) -> Respons
             "platform": "tensorflow_savedmodel",
             "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, 28, 28, 1]}],
             "outputs": [
-                {"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, 10]},
-                {"name": DIGIT_OUTPUT, "datatype": "INT64", "shape": [-1]},
+                {"name": name, "datatype": datatype, "shape": shape}
+                for name, (datatype, shape) in OUTPUTS.items()
             ],
         }
     )
@@ -169,18 +194,13 @@ def decode_infer_request(
     binary_default = bool(_parameters(payload).get("binary_data_output", False))
     requested = payload.get("outputs")
     if requested is None:  # the protocol: no outputs named means every output
-        outputs = [RequestedOutput(name, binary_default) for name in (OUTPUT_NAME, DIGIT_OUTPUT)]
+        outputs = [RequestedOutput(name, binary_default) for name in OUTPUTS]
     else:
         if not isinstance(requested, list) or not all(isinstance(o, dict) for o in requested):
             raise InvalidInput("'outputs' must be a list of objects with a 'name'")
         outputs = []
         for item in requested:
-            name = item.get("name")
-            if name not in (OUTPUT_NAME, DIGIT_OUTPUT):
-                raise InvalidInput(
-                    f"unknown output {shown(name)}; this model has '{OUTPUT_NAME}' and "
-                    f"'{DIGIT_OUTPUT}'"
-                )
+            name = check_output_name(item.get("name"))
             outputs.append(
                 RequestedOutput(name, bool(_parameters(item).get("binary_data", binary_default)))
             )
@@ -244,17 +264,11 @@ def _decode_tensor(
     return check_pixels(flat.reshape(count, IMAGE_SIDE, IMAGE_SIDE, 1), "data")
 
 
-def encode_infer_response(
-    plane: DataPlane, request: InferRequest, probabilities: npt.NDArray[np.float32], version: int
-) -> Response:
+def encode_infer_response(request: InferRequest, result: Inference) -> Response:
     tensors: list[dict[str, Any]] = []
     chunks: list[bytes] = []
     for output in request.outputs:
-        array: npt.NDArray[Any]
-        if output.name == OUTPUT_NAME:
-            array, datatype = probabilities.astype("<f4", copy=False), "FP32"
-        else:
-            array, datatype = probabilities.argmax(axis=1).astype("<i8"), "INT64"
+        array, datatype = output_tensor(output.name, result)
         entry: dict[str, Any] = {
             "name": output.name,
             "datatype": datatype,
@@ -268,8 +282,8 @@ def encode_infer_response(
             entry["data"] = array.reshape(-1)
         tensors.append(entry)
     body: dict[str, Any] = {
-        "model_name": plane.name,
-        "model_version": str(version),
+        "model_name": result.model_name,
+        "model_version": str(result.version),
         "outputs": tensors,
     }
     if request.id is not None:
@@ -298,7 +312,7 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
         raise MalformedRequest("request body is empty; send a V2 inference request")
     decoded = decode_infer_request(body, request.headers.get(BINARY_HEADER), settings)
     result = await call.infer(decoded.images)
-    return encode_infer_response(plane, decoded, result.probabilities, result.version)
+    return encode_infer_response(decoded, result)
 
 
 @router.post(

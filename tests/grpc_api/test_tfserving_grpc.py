@@ -79,7 +79,15 @@ def test_predict_as_tensorflow_serving_clients_call_it(
     assert answer.model_spec.version.value == 1
     with live.client() as http:
         rest = http.post("/v1/models/mnist:predict", json={"instances": images.tolist()}).json()
-    assert np.allclose(probabilities, rest["predictions"], atol=1e-6)
+    # The version's signature has the `unsure` output too: every output comes back, as TF
+    # Serving answers (REST rows become objects; gRPC has one tensor per output).
+    assert np.allclose(probabilities, [r["probabilities"] for r in rest["predictions"]], atol=1e-6)
+    unsure = tf.make_ndarray(answer.outputs["unsure"])
+    assert unsure.dtype == np.bool_
+    assert unsure.tolist() == [r["unsure"] for r in rest["predictions"]]
+    filtered = predict_request(tfs, images[:2])
+    filtered.output_filter.append("probabilities")
+    assert set(stub.Predict(filtered).outputs) == {"probabilities"}
     by_version = stub.Predict(predict_request(tfs, images[:2], version=1))
     by_label = stub.Predict(predict_request(tfs, images[:2], version_label="stable"))
     uint8 = stub.Predict(predict_request(tfs, digits[:2].astype(np.uint8)))
@@ -123,7 +131,8 @@ def test_metadata_and_status(tfs: Any, server: tuple[LiveServer, str]) -> None:
     assert metadata.metadata["signature_def"].Unpack(signatures)
     signature = signatures.signature_def["serving_default"]
     assert [d.size for d in signature.inputs["image"].tensor_shape.dim] == [-1, 28, 28, 1]
-    assert "probabilities" in signature.outputs
+    assert signature.outputs["probabilities"].dtype == tf.float32.as_datatype_enum
+    assert signature.outputs["unsure"].dtype == tf.bool.as_datatype_enum
     assert metadata.model_spec.version.value == 1
 
     status_request = tfs.status.GetModelStatusRequest()

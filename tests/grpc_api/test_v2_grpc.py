@@ -63,7 +63,7 @@ def test_tritonclient_grpc_gets_the_same_digits_as_rest(
     assert not client.is_model_ready("mnist", "2")
     metadata = client.get_model_metadata("mnist", as_json=True)
     assert metadata["inputs"][0]["name"] == "image"
-    assert [o["name"] for o in metadata["outputs"]] == ["probabilities", "digit"]
+    assert [o["name"] for o in metadata["outputs"]] == ["probabilities", "digit", "unsure"]
     images = digits[:8, ..., None].astype(np.float32)
     tensor = triton.InferInput("image", list(images.shape), "FP32")
     tensor.set_data_from_numpy(images)
@@ -78,6 +78,7 @@ def test_tritonclient_grpc_gets_the_same_digits_as_rest(
         [p["probabilities"] for p in rest["predictions"]],
         atol=1e-6,
     )
+    assert result.as_numpy("unsure").tolist() == [p["unsure"] for p in rest["predictions"]]
     # One named output: only that one comes back; a version by name.
     only = client.infer(
         "mnist", [tensor], model_version="1", outputs=[triton.InferRequestedOutput("digit")]

@@ -61,9 +61,11 @@ def test_not_ready_until_a_model_appears_then_serves(
 def test_all_three_apis_give_the_digits_tensorflow_gives(
     served_model: LiveServer, digits: np.ndarray, expected_digits: list[int]
 ) -> None:
+    """And the same unsure flags: the native field, TF Serving's extra signature output (the
+    version was exported with one) and V2's `unsure` output."""
     with served_model.client() as client:
         native = [
-            p["digit"]
+            p
             for chunk in range(0, len(digits), 4)
             for p in client.post(
                 "/v1/predict", json={"instances": digits[chunk : chunk + 4].tolist()}
@@ -77,7 +79,7 @@ def test_all_three_apis_give_the_digits_tensorflow_gives(
         columnar = client.post(
             "/v1/models/mnist:predict", json={"inputs": {"image": digits[:4].tolist()}}
         ).json()["outputs"]
-        v2_digits = []
+        v2_digits, v2_unsure = [], []
         for chunk in range(0, len(digits), 4):
             batch = digits[chunk : chunk + 4]
             answer = client.post(
@@ -92,16 +94,22 @@ def test_all_three_apis_give_the_digits_tensorflow_gives(
                             "data": batch.ravel().tolist(),
                         }
                     ],
-                    "outputs": [{"name": "digit"}],
+                    "outputs": [{"name": "digit"}, {"name": "unsure"}],
                 },
             ).json()
             assert answer["id"] == f"chunk-{chunk}"
             assert answer["outputs"][0]["shape"] == [len(batch)]
+            assert answer["outputs"][1]["datatype"] == "BOOL"
             v2_digits += answer["outputs"][0]["data"]
-    assert native == expected_digits
-    assert [int(np.argmax(row)) for row in tfs_rows] == expected_digits
-    assert [int(np.argmax(row)) for row in columnar] == expected_digits[:4]
+            v2_unsure += answer["outputs"][1]["data"]
+    assert [p["digit"] for p in native] == expected_digits
+    assert [int(np.argmax(row["probabilities"])) for row in tfs_rows] == expected_digits
+    assert [int(np.argmax(row)) for row in columnar["probabilities"]] == expected_digits[:4]
     assert v2_digits == expected_digits
+    unsure = [p["unsure"] for p in native]
+    assert [row["unsure"] for row in tfs_rows] == unsure == v2_unsure
+    assert columnar["unsure"] == unsure[:4]
+    assert all(isinstance(flag, bool) for flag in unsure)
 
 
 def test_tensorflow_serving_status_and_metadata_shapes(served_model: LiveServer) -> None:
@@ -121,6 +129,8 @@ def test_tensorflow_serving_status_and_metadata_shapes(served_model: LiveServer)
         assert metadata["model_spec"]["version"] == "1"
         dims = signature["inputs"]["image"]["tensor_shape"]["dim"]
         assert [d["size"] for d in dims] == ["-1", "28", "28", "1"]
+        assert signature["outputs"]["probabilities"]["dtype"] == "DT_FLOAT"
+        assert signature["outputs"]["unsure"]["dtype"] == "DT_BOOL"
         assert client.get("/v1/models/mnist/versions/1").status_code == 200
         assert client.get("/v1/models/mnist/versions/2").status_code == 404
 
@@ -150,10 +160,13 @@ def test_tritonclient_speaks_to_the_v2_api(
         assert probabilities.shape == (4, 10)
         assert result.as_numpy("digit").tolist() == expected_digits[:4]
         assert probabilities.argmax(axis=1).tolist() == expected_digits[:4]
-    # No outputs named: the protocol returns every output, so both arrays come back.
+    # No outputs named: the protocol returns every output, so all three arrays come back.
     everything = client.infer("mnist", [tensor])
     assert everything.as_numpy("digit").tolist() == expected_digits[:4]
     assert everything.as_numpy("probabilities").shape == (4, 10)
+    unsure = everything.as_numpy("unsure")
+    assert unsure.dtype == np.bool_
+    assert unsure.shape == (4,)
     wrong = triton.InferInput("pixels", list(images.shape), "FP32")
     wrong.set_data_from_numpy(images)
     with pytest.raises(InferenceServerException, match="unknown input"):

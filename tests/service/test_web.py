@@ -48,9 +48,7 @@ FOUR_SECOND = [(0.6, 0.3), (0.6, 0.55), (0.6, 0.85)]
 
 
 @pytest.fixture(scope="module")
-def page_server(
-    tmp_path_factory: pytest.TempPathFactory, mnist: MnistSplits
-) -> Iterator[LiveServer]:
+def page_repository(tmp_path_factory: pytest.TempPathFactory, mnist: MnistSplits) -> Path:
     from training.train import run
 
     repository = tmp_path_factory.mktemp("web-repository")
@@ -58,7 +56,14 @@ def page_server(
         blocks=2, filters=8, dense_units=32, dropout=0.0, dense_dropout=0.0, batch_norm=False
     )
     run(tiny_train_config(repository, limit=10_000, epochs=3, augment=True, model=model), mnist)
-    server = launch_server(repository, tmp_path_factory.mktemp("web-logs") / "server.log")
+    return repository
+
+
+@pytest.fixture(scope="module")
+def page_server(
+    tmp_path_factory: pytest.TempPathFactory, page_repository: Path
+) -> Iterator[LiveServer]:
+    server = launch_server(page_repository, tmp_path_factory.mktemp("web-logs") / "server.log")
     yield server
     stop_server(server)
 
@@ -181,6 +186,39 @@ def test_a_digit_of_two_strokes_is_classified_once_the_pen_rests(
     assert len(asked) == 1
     assert asked[0] - lifted >= PAUSE_S - 0.05
     assert outside == []
+
+
+def test_an_unsure_answer_says_not_sure_with_the_top_two_digits(
+    page_server: LiveServer, page_repository: Path, browser: Any, tmp_path: Path
+) -> None:
+    """The same model served with a threshold every answer falls below (MNIST_UNSURE_BELOW=1),
+    then the page's own server (its recorded threshold): the flag, and only the flag, decides."""
+    from playwright.sync_api import expect
+
+    doubtful = launch_server(
+        page_repository(page_server), tmp_path / "server.log", MNIST_UNSURE_BELOW="1"
+    )
+    try:
+        page, outside = offline_page(browser, viewport={"width": 1000, "height": 800})
+        page.goto(doubtful.url + "/")
+        draw(page, SEVEN)
+        confidence = page.locator("#confidence")
+        expect(confidence).to_contain_text("Not sure:", timeout=15_000)
+        expect(page.locator("#result")).to_have_attribute("data-unsure", "true")
+        assert page.locator("#digit").inner_text() == "7?"
+        # The two most probable digits, most probable first, with their probabilities.
+        shares = page.locator(".bar .pct").all_inner_texts()
+        top_two = sorted(range(10), key=lambda d: -float(shares[d].rstrip("%")))[:2]
+        text = confidence.inner_text()
+        assert text.startswith(f"Not sure: {top_two[0]} ({shares[top_two[0]]}) or {top_two[1]}")
+        assert outside == []
+    finally:
+        stop_server(doubtful)
+    page, _ = offline_page(browser, viewport={"width": 1000, "height": 800})
+    page.goto(page_server.url + "/")
+    draw(page, SEVEN)
+    assert predicted(page) == "7"
+    expect(page.locator("#result")).to_have_attribute("data-unsure", "false")
 
 
 def test_an_uploaded_photo_is_shown_beside_what_the_model_saw(
