@@ -1,17 +1,23 @@
-"""Digits from writers who are not MNIST's, uploaded to a real server: accuracy per digit and per
-writer or style, and how far the model's confidence can be trusted on them.
+"""Digits from writers who are not MNIST's, and pictures that are not digits, uploaded to a real
+server: accuracy per digit and per writer or style, how far the model's confidence can be
+trusted, and what the "unsure" flag catches.
 
-    python bench/foreign_handwriting.py --model-repository models   # fonts: see below
+    python bench/foreign_handwriting.py --model-repository models --versions 1,2
 
-The set (training/synthetic.py, fixed seeds, made afresh on every run, nothing downloaded):
-the held-out handwriting font families (never used for training), each digit rendered with a
-random size, weight, slant, rotation, position, paper, ink, blur and PNG/JPEG encoding; and the
-drawn styles (a one with a flag and a base, a crossed seven, a closed four, a looped two, ...)
-with test seeds. The fonts come from Debian packages:
-apt-get install fonts-comic-neue fonts-dkg-handwriting ... (training.synthetic.FONT_PACKAGES).
+The set (training/synthetic.py and training/not_digits.py, fixed seeds, made afresh on every run,
+nothing downloaded): the held-out handwriting font families (never used for training), each
+digit rendered with a random size, weight, slant, rotation, position, paper, ink, blur and
+PNG/JPEG encoding; the drawn styles (a one with a flag and a base, a crossed seven, a closed
+four, a looped two, ...) with test seeds; and not-a-digit pictures (letters and symbols from the
+held-out fonts, scribbles, random strokes, blotchy noise) with test seeds. The fonts come from
+Debian packages: apt-get install fonts-comic-neue fonts-dkg-handwriting ...
+(training.synthetic.FONT_PACKAGES).
 
-Reported: accuracy (all, fonts, drawn, per digit, per source), expected calibration error (15
-equal-width confidence bins), and the share of wrong answers given with probability > 0.9.
+Reported per version (each served alone, newest first in the list is fine): accuracy (all,
+fonts, drawn, per digit, per source), expected calibration error (15 equal-width confidence
+bins), the share of wrong answers given with probability > 0.9, the share of wrong and of right
+answers flagged unsure, the share of not-a-digit pictures flagged (per kind), and the share of
+MNIST's 10,000 test digits flagged (sent as raw pixels to `/v1/predict`).
 """
 
 from __future__ import annotations
@@ -27,9 +33,10 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import itertools
 
 from bench.harness import ensure_model, served
+from training.calibration import expected_calibration_error
+from training.not_digits import not_digits
 from training.synthetic import (
     FONT_PACKAGES,
     TEST_SEEDS,
@@ -43,18 +50,6 @@ from training.synthetic import (
 BATCH = 16
 
 
-def expected_calibration_error(
-    confidence: np.ndarray, correct: np.ndarray, bins: int = 15
-) -> float:
-    edges = np.linspace(0, 1, bins + 1)
-    error = 0.0
-    for low, high in itertools.pairwise(edges):
-        inside = (confidence > low) & (confidence <= high)
-        if inside.any():
-            error += inside.mean() * abs(confidence[inside].mean() - correct[inside].mean())
-    return float(error)
-
-
 def test_set(per_digit: int, per_style: int) -> list[Sample]:
     families = available_families(held_out=True)
     if not families:
@@ -62,31 +57,69 @@ def test_set(per_digit: int, per_style: int) -> list[Sample]:
     return [*font_samples(families, per_digit, TEST_SEEDS), *drawn_samples(per_style, TEST_SEEDS)]
 
 
-def classify(url: str, samples: list[Sample]) -> np.ndarray:
-    """Probabilities for every sample, through `/v1/predict/image` in batches of `BATCH`."""
+def not_a_digit_set(per_family: int, per_kind: int) -> list[Sample]:
+    pictures = not_digits(available_families(held_out=True), per_family, per_kind, TEST_SEEDS)
+    return [Sample(-1, f"{n.kind}:{n.source}", n.image) for n in pictures]
+
+
+def classify(url: str, samples: list[Sample]) -> list[dict[str, object] | None]:
+    """The server's prediction for every sample through `/v1/predict/image`, in batches of
+    `BATCH`; None where the server refused the picture (422: no digit to be seen)."""
     rng = np.random.default_rng(TEST_SEEDS)
     uploads = [encode_upload(s.image, rng) for s in samples]
 
-    def batch(start: int) -> list[list[float]]:
+    def send(client: httpx.Client, start: int, stop: int) -> list[dict[str, object] | None]:
         files = [
-            ("file", (f"{start + i}", data, media))
-            for i, (data, media) in enumerate(uploads[start : start + BATCH])
+            ("file", (f"{i}", data, media))
+            for i, (data, media) in enumerate(uploads[start:stop], start)
         ]
-        with httpx.Client(base_url=url, timeout=120) as client:
-            answer = client.post("/v1/predict/image", files=files)
+        answer = client.post("/v1/predict/image", files=files)
+        if answer.status_code == 422 and stop - start > 1:  # one refused picture: ask singly
+            return [p for i in range(start, stop) for p in send(client, i, i + 1)]
+        if answer.status_code == 422:
+            return [None]
         answer.raise_for_status()
-        return [p["probabilities"] for p in answer.json()["predictions"]]
+        predictions: list[dict[str, object]] = answer.json()["predictions"]
+        return list(predictions)
+
+    def batch(start: int) -> list[dict[str, object] | None]:
+        with httpx.Client(base_url=url, timeout=120) as client:
+            return send(client, start, min(start + BATCH, len(uploads)))
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         parts = list(pool.map(batch, range(0, len(uploads), BATCH)))
-    return np.array([row for part in parts for row in part], np.float64)
+    return [p for part in parts for p in part]
 
 
-def report(samples: list[Sample], probabilities: np.ndarray) -> None:
+def mnist_unsure_share(url: str, data_dir: str | None) -> float:
+    from training.data import load_mnist
+
+    digits = load_mnist(data_dir).test_images
+    flagged = 0
+    with httpx.Client(base_url=url, timeout=120) as client:
+        for start in range(0, len(digits), 500):
+            answer = client.post(
+                "/v1/predict",
+                content=digits[start : start + 500].tobytes(),
+                headers={"content-type": "application/octet-stream"},
+            )
+            answer.raise_for_status()
+            flagged += sum(bool(p["unsure"]) for p in answer.json()["predictions"])
+    return flagged / len(digits)
+
+
+def report_digits(samples: list[Sample], predictions: list[dict[str, object] | None]) -> None:
+    answered = [(s, p) for s, p in zip(samples, predictions, strict=True) if p is not None]
+    if len(answered) < len(samples):
+        print(f"refused={len(samples) - len(answered)} (counted as wrong below)")
     labels = np.array([s.digit for s in samples])
+    probabilities = np.array(
+        [p["probabilities"] if p is not None else [0.1] * 10 for p in predictions], np.float64
+    )
+    unsure = np.array([bool(p["unsure"]) if p is not None else True for p in predictions])
     predicted = probabilities.argmax(axis=1)
     confidence = probabilities.max(axis=1)
-    correct = predicted == labels
+    correct = (predicted == labels) & np.array([p is not None for p in predictions])
     drawn = np.array([s.source.startswith("drawn:") for s in samples])
     wrong = ~correct
     print(f"images={len(samples)} fonts={int((~drawn).sum())} drawn={int(drawn.sum())}")
@@ -98,6 +131,11 @@ def report(samples: list[Sample], probabilities: np.ndarray) -> None:
         f"ece={expected_calibration_error(confidence, correct):.4f} "
         f"wrong_over_0.9={(confidence[wrong] > 0.9).mean() if wrong.any() else 0:.3f} "
         f"mean_confidence={confidence.mean():.4f}"
+    )
+    print(
+        f"unsure: wrong_flagged={unsure[wrong].mean() if wrong.any() else 0:.3f} "
+        f"right_flagged={unsure[correct].mean():.4f} "
+        f"accuracy_of_unflagged={correct[~unsure].mean():.4f} ({int((~unsure).sum())} answers)"
     )
     for digit in range(10):
         mine = labels == digit
@@ -115,21 +153,48 @@ def report(samples: list[Sample], probabilities: np.ndarray) -> None:
         print(f"source={source} accuracy={np.mean(results):.4f} n={len(results)}")
 
 
+def report_not_digits(samples: list[Sample], predictions: list[dict[str, object] | None]) -> None:
+    """A refused picture (no ink the service can see) counts as caught."""
+    caught = np.array([p is None or bool(p["unsure"]) for p in predictions])
+    refused = sum(p is None for p in predictions)
+    print(f"not_digits={len(samples)} flagged_or_refused={caught.mean():.4f} refused={refused}")
+    by_kind: dict[str, list[bool]] = defaultdict(list)
+    for sample, flag in zip(samples, caught, strict=True):
+        by_kind[sample.source.split(":")[0]].append(bool(flag))
+    for kind, flags in sorted(by_kind.items()):
+        print(f"not_digit_kind={kind} flagged={np.mean(flags):.4f} n={len(flags)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model-repository", type=Path, default=Path("models"))
     parser.add_argument("--data-dir", default=os.environ.get("MNIST_DIR"))
     parser.add_argument(
+        "--versions",
+        default="",
+        help="comma-separated versions, each served alone (default: newest)",
+    )
+    parser.add_argument(
         "--per-digit", type=int, default=20, help="renders per digit and font family"
     )
     parser.add_argument("--per-style", type=int, default=40, help="variants per drawn style")
+    parser.add_argument(
+        "--not-digits", type=int, default=200, help="not-a-digit pictures of each kind"
+    )
     parser.add_argument("--core", default="1", help="the server's core(s)")
     args = parser.parse_args()
     ensure_model(args.model_repository, args.data_dir)
-    samples = test_set(args.per_digit, args.per_style)
-    with served(args.model_repository.resolve(), 18104, args.core) as server:
-        probabilities = classify(server.url, samples)
-    report(samples, probabilities)
+    digits = test_set(args.per_digit, args.per_style)
+    families = len(available_families(held_out=True))
+    others = not_a_digit_set(max(1, args.not_digits // max(1, families)), args.not_digits)
+    versions = [v.strip() for v in args.versions.split(",") if v.strip()] or [None]
+    for version in versions:
+        policy = {"model_version_policy": "specific", "model_versions": version} if version else {}
+        with served(args.model_repository.resolve(), 18104, args.core, **policy) as server:
+            print(f"# model version {version or 'newest'}", flush=True)
+            report_digits(digits, classify(server.url, digits))
+            report_not_digits(others, classify(server.url, others))
+            print(f"mnist_test_flagged={mnist_unsure_share(server.url, args.data_dir):.4f}")
 
 
 if __name__ == "__main__":

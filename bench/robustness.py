@@ -2,7 +2,9 @@
 swollen, broken, slanted and elastically distorted (training/perturb.py, after Morpho-MNIST),
 and the model's accuracy on each, in-process from the repository's newest version.
 
-    python bench/robustness.py --model-repository models
+    python bench/robustness.py --model-repository models --versions 1,2
+
+Versions are compared side by side on the same perturbed digits (default: the newest alone).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ def main() -> None:
     parser.add_argument("--model-repository", type=Path, default=Path("models"))
     parser.add_argument("--data-dir", default=os.environ.get("MNIST_DIR"))
     parser.add_argument("--limit", type=int, default=10_000, help="test digits to use")
+    parser.add_argument("--versions", default="", help="comma-separated (default: newest)")
     args = parser.parse_args()
     ensure_model(args.model_repository, args.data_dir)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -35,27 +38,29 @@ def main() -> None:
     from service.runtime import load_model
 
     repository = ModelRepository(args.model_repository, "mnist")
-    version = max(repository.versions())
-    model = load_model("mnist", version, repository.path(version))
+    versions = [int(v) for v in args.versions.split(",") if v.strip()] or [
+        max(repository.versions())
+    ]
+    models = {v: load_model("mnist", v, repository.path(v)) for v in versions}
     mnist = load_mnist(args.data_dir)
     images, labels = mnist.test_images[: args.limit], mnist.test_labels[: args.limit]
 
-    def accuracy(digits: np.ndarray) -> float:
-        predicted = np.concatenate(
-            [
-                model.predict(digits[i : i + 1000, ..., None].astype(np.float32)).argmax(axis=1)
-                for i in range(0, len(digits), 1000)
-            ]
-        )
-        return float((predicted == labels).mean())
+    def accuracies(digits: np.ndarray) -> str:
+        shares = []
+        for version, model in models.items():
+            predicted = np.concatenate(
+                [
+                    model.predict(digits[i : i + 1000, ..., None].astype(np.float32)).argmax(axis=1)
+                    for i in range(0, len(digits), 1000)
+                ]
+            )
+            shares.append(f"v{version}={(predicted == labels).mean():.4f}")
+        return " ".join(shares)
 
-    print(f"# {time.strftime('%Y-%m-%d')} model version {version}, {len(images)} test digits")
-    print(f"perturbation=none accuracy={accuracy(images):.4f}", flush=True)
+    print(f"# {time.strftime('%Y-%m-%d')} model versions {versions}, {len(images)} test digits")
+    print(f"perturbation=none {accuracies(images)}", flush=True)
     for name in PERTURBATIONS:
-        print(
-            f"perturbation={name} accuracy={accuracy(perturb_all(images, name, SEED)):.4f}",
-            flush=True,
-        )
+        print(f"perturbation={name} {accuracies(perturb_all(images, name, SEED))}", flush=True)
 
 
 if __name__ == "__main__":
