@@ -21,11 +21,10 @@ how many processes there are.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import logging
 import multiprocessing
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,24 +153,6 @@ def _held_in_families() -> list[str]:
     return families
 
 
-@contextlib.contextmanager
-def _one_blas_thread_each() -> Iterator[None]:
-    """Processes started inside the block run NumPy's BLAS on one thread: the pool already has
-    a process per core, and a BLAS thread pool per process made the small least-squares fits of
-    the preprocessing three times slower (measured: 10.5 ms against 3.4 ms per picture)."""
-    names = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-    saved = {name: os.environ.get(name) for name in names}
-    os.environ.update(dict.fromkeys(names, "1"))
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def render(*groups: list[Job], processes: int | None = None) -> list[LabelledImages]:
     """Run groups of rendering jobs in one pool of fresh processes, one result per group.
 
@@ -183,10 +164,7 @@ def render(*groups: list[Job], processes: int | None = None) -> list[LabelledIma
         return [LabelledImages.concatenate([]) for _ in groups]
     processes = processes or min(len(jobs), os.cpu_count() or 1)
     context = multiprocessing.get_context("spawn")
-    with (
-        _one_blas_thread_each(),
-        concurrent.futures.ProcessPoolExecutor(processes, mp_context=context) as pool,
-    ):
+    with concurrent.futures.ProcessPoolExecutor(processes, mp_context=context) as pool:
         results = iter(pool.map(_render_job, jobs))
         parts = [[next(results) for _ in group] for group in groups]
     return [
