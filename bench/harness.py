@@ -163,8 +163,8 @@ sys.path.insert(0, {root!r})
 from service.runtime import configure_tensorflow, load_model
 configure_tensorflow({threads}, {threads})
 model_dir = Path({model_dir!r})
-newest = max(int(p.name) for p in model_dir.iterdir() if p.name.isdigit())
-model = load_model("mnist", newest, model_dir / str(newest), {runtime!r}, {threads})
+version = {version} or max(int(p.name) for p in model_dir.iterdir() if p.name.isdigit())
+model = load_model("mnist", version, model_dir / str(version), {runtime!r}, {threads})
 x = np.random.default_rng(0).integers(0, 256, ({batch}, 28, 28, 1)).astype(np.float32)
 for _ in range(20):
     model.predict(x)
@@ -184,9 +184,11 @@ def in_process_ceiling(
     runtime: str = "auto",
     threads: int = 0,
     env: dict[str, str] | None = None,
+    version: int = 0,
 ) -> float:
     """Images/s of the model called directly as the server calls it (`LoadedModel.predict` of
-    `runtime`), on the server's core(s): the ceiling any serving figure is compared with."""
+    `runtime`), on the server's core(s): the ceiling any serving figure is compared with.
+    `version` 0 is the newest."""
     code = CEILING_CODE.format(
         root=str(Path(__file__).resolve().parents[1]),
         model_dir=str(repository.resolve() / "mnist"),
@@ -194,6 +196,7 @@ def in_process_ceiling(
         threads=threads,
         batch=batch,
         seconds=seconds,
+        version=version,
     )
     result = subprocess.run(
         ["taskset", "-c", core, sys.executable, "-c", code],

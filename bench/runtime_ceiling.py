@@ -2,10 +2,12 @@
 calls it: images/s at each batch size, every variant side by side, A B A B, median of rounds.
 
     python bench/runtime_ceiling.py --model-repository models
+    python bench/runtime_ceiling.py --model-repository models --variants tflite --versions 1,2
 
 Variants: the SavedModel (TensorFlow's defaults; oneDNN off; one thread per pool) and the
 TensorFlow Lite conversion (service/tflite.py; its default threads; one thread). Pinned to one
-core (`--core`), as the serving benchmarks pin the server.
+core (`--core`), as the serving benchmarks pin the server. With `--versions`, each variant runs
+for each version in turn (two models compared in one run).
 """
 
 from __future__ import annotations
@@ -69,10 +71,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3)
     parser.add_argument("--core", default="1")
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--versions", default="", help="comma-separated (default: newest)")
     args = parser.parse_args()
     ensure_model(args.model_repository, args.data_dir)
     batches = [int(b) for b in args.batches.split(",")]
-    names = args.variants.split(",")
+    versions = [int(v) for v in args.versions.split(",") if v.strip()] or [0]
+    names = [
+        f"{variant}@v{version}" if version else variant
+        for variant in args.variants.split(",")
+        for version in versions
+    ]
     print(
         f"# {time.strftime('%Y-%m-%d')} in-process images/s, core {args.core}, "
         f"median of {args.rounds} rounds (A B A B)",
@@ -82,9 +90,17 @@ def main() -> None:
     for round_ in range(args.rounds):
         for batch in batches:
             for name in names:
-                runtime, threads, env = VARIANTS[name]
+                variant, _, version = name.partition("@v")
+                runtime, threads, env = VARIANTS[variant]
                 rate = in_process_ceiling(
-                    args.model_repository, args.core, batch, args.seconds, runtime, threads, env
+                    args.model_repository,
+                    args.core,
+                    batch,
+                    args.seconds,
+                    runtime,
+                    threads,
+                    env,
+                    int(version or 0),
                 )
                 results.setdefault((name, batch), []).append(rate)
                 print(
