@@ -13,17 +13,19 @@ held-out fonts, scribbles, random strokes, blotchy noise) with test seeds. The f
 Debian packages: apt-get install fonts-comic-neue fonts-dkg-handwriting ...
 (training.synthetic.FONT_PACKAGES).
 
-Reported per version (each served alone, newest first in the list is fine): accuracy (all,
-fonts, drawn, per digit, per source), expected calibration error (15 equal-width confidence
-bins), the share of wrong answers given with probability > 0.9, the share of wrong and of right
-answers flagged unsure, the share of not-a-digit pictures flagged (per kind), and the share of
-MNIST's 10,000 test digits flagged (sent as raw pixels to `/v1/predict`).
+Reported per version, each served alone: accuracy (all, fonts, drawn, per digit, per source),
+expected calibration error (15 equal-width confidence bins) as served and before the version's
+temperature (undone from the served probabilities), the share of wrong answers given with
+probability > 0.9, the share of wrong and of right answers flagged unsure, the share of
+not-a-digit pictures flagged (per kind), and MNIST's 10,000 test digits (sent as raw pixels to
+`/v1/predict`): accuracy, calibration and the share flagged.
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import json
 import os
 import sys
 from collections import defaultdict
@@ -91,24 +93,53 @@ def classify(url: str, samples: list[Sample]) -> list[dict[str, object] | None]:
     return [p for part in parts for p in part]
 
 
-def mnist_unsure_share(url: str, data_dir: str | None) -> float:
+def report_mnist(url: str, data_dir: str | None, temperature: float) -> None:
+    """MNIST's 10,000 test digits as raw pixels to `/v1/predict`: accuracy, calibration before
+    and after the temperature, and the share flagged unsure."""
     from training.data import load_mnist
 
-    digits = load_mnist(data_dir).test_images
-    flagged = 0
+    splits = load_mnist(data_dir)
+    rows, flags = [], []
     with httpx.Client(base_url=url, timeout=120) as client:
-        for start in range(0, len(digits), 500):
+        for start in range(0, len(splits.test_labels), 500):
             answer = client.post(
                 "/v1/predict",
-                content=digits[start : start + 500].tobytes(),
+                content=splits.test_images[start : start + 500].tobytes(),
                 headers={"content-type": "application/octet-stream"},
             )
             answer.raise_for_status()
-            flagged += sum(bool(p["unsure"]) for p in answer.json()["predictions"])
-    return flagged / len(digits)
+            for prediction in answer.json()["predictions"]:
+                rows.append(prediction["probabilities"])
+                flags.append(bool(prediction["unsure"]))
+    probabilities = np.array(rows, np.float64)
+    correct = probabilities.argmax(axis=1) == splits.test_labels
+    before = uncalibrated(probabilities, temperature).max(axis=1)
+    print(
+        f"mnist_test accuracy={correct.mean():.4f} "
+        f"ece={expected_calibration_error(probabilities.max(axis=1), correct):.4f} "
+        f"ece_before_temperature={expected_calibration_error(before, correct):.4f} "
+        f"flagged={np.mean(flags):.4f}"
+    )
 
 
-def report_digits(samples: list[Sample], predictions: list[dict[str, object] | None]) -> None:
+def uncalibrated(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """What the model said before its temperature: softmax(T * log p) undoes softmax(z / T)."""
+    logits = np.log(np.clip(probabilities, 1e-30, 1.0)) * temperature
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    result: np.ndarray = exp / exp.sum(axis=1, keepdims=True)
+    return result
+
+
+def temperature_of(repository: Path, version: str | None) -> float:
+    model_dir = repository / "mnist"
+    chosen = version or str(max(int(p.name) for p in model_dir.iterdir() if p.name.isdigit()))
+    metadata = json.loads((model_dir / chosen / "metadata.json").read_text())
+    return float((metadata.get("calibration") or {}).get("temperature", 1.0))
+
+
+def report_digits(
+    samples: list[Sample], predictions: list[dict[str, object] | None], temperature: float
+) -> None:
     answered = [(s, p) for s, p in zip(samples, predictions, strict=True) if p is not None]
     if len(answered) < len(samples):
         print(f"refused={len(samples) - len(answered)} (counted as wrong below)")
@@ -127,8 +158,11 @@ def report_digits(samples: list[Sample], predictions: list[dict[str, object] | N
         f"accuracy={correct.mean():.4f} fonts={correct[~drawn].mean():.4f} "
         f"drawn={correct[drawn].mean():.4f}"
     )
+    before = uncalibrated(probabilities, temperature).max(axis=1)
     print(
         f"ece={expected_calibration_error(confidence, correct):.4f} "
+        f"ece_before_temperature={expected_calibration_error(before, correct):.4f} "
+        f"(temperature {temperature}) "
         f"wrong_over_0.9={(confidence[wrong] > 0.9).mean() if wrong.any() else 0:.3f} "
         f"mean_confidence={confidence.mean():.4f}"
     )
@@ -192,9 +226,10 @@ def main() -> None:
         policy = {"model_version_policy": "specific", "model_versions": version} if version else {}
         with served(args.model_repository.resolve(), 18104, args.core, **policy) as server:
             print(f"# model version {version or 'newest'}", flush=True)
-            report_digits(digits, classify(server.url, digits))
+            temperature = temperature_of(args.model_repository, version)
+            report_digits(digits, classify(server.url, digits), temperature)
             report_not_digits(others, classify(server.url, others))
-            print(f"mnist_test_flagged={mnist_unsure_share(server.url, args.data_dir):.4f}")
+            report_mnist(server.url, args.data_dir, temperature)
 
 
 if __name__ == "__main__":
