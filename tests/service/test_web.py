@@ -195,9 +195,7 @@ def test_an_unsure_answer_says_not_sure_with_the_top_two_digits(
     then the page's own server (its recorded threshold): the flag, and only the flag, decides."""
     from playwright.sync_api import expect
 
-    doubtful = launch_server(
-        page_repository(page_server), tmp_path / "server.log", MNIST_UNSURE_BELOW="1"
-    )
+    doubtful = launch_server(page_repository, tmp_path / "server.log", MNIST_UNSURE_BELOW="1")
     try:
         page, outside = offline_page(browser, viewport={"width": 1000, "height": 800})
         page.goto(doubtful.url + "/")
@@ -208,7 +206,10 @@ def test_an_unsure_answer_says_not_sure_with_the_top_two_digits(
         assert page.locator("#digit").inner_text() == "7?"
         # The two most probable digits, most probable first, with their probabilities.
         shares = page.locator(".bar .pct").all_inner_texts()
-        top_two = sorted(range(10), key=lambda d: -float(shares[d].rstrip("%")))[:2]
+        exact = page.locator(".bar .fill").evaluate_all(
+            "els => els.map(e => parseFloat(e.style.getPropertyValue('--p')))"
+        )
+        top_two = sorted(range(10), key=lambda d: -exact[d])[:2]
         text = confidence.inner_text()
         assert text.startswith(f"Not sure: {top_two[0]} ({shares[top_two[0]]}) or {top_two[1]}")
         assert outside == []

@@ -46,7 +46,7 @@ def test_two_runs_export_versions_that_tensorflow_reloads(
     assert 0 < calibration["unsure_below"] == second.calibration.unsure_below <= 1
     for figures in ("mnist_validation", "mnist_test", "foreign_held_in", "foreign_held_out"):
         assert set(calibration[figures]) >= {"images", "accuracy", "ece_before", "ece_after"}
-    assert calibration["not_digits_held_out"]["images"] > 100
+    assert calibration["not_digits_held_out"]["images"] > 20
     assert set(metadata["robustness"]["accuracy"]) == {
         "none", "thick", "thin", "swollen", "fractured", "slanted", "elastic"
     }  # fmt: skip
