@@ -101,10 +101,10 @@ def report_mnist(url: str, data_dir: str | None, temperature: float) -> None:
     splits = load_mnist(data_dir)
     rows, flags = [], []
     with httpx.Client(base_url=url, timeout=120) as client:
-        for start in range(0, len(splits.test_labels), 500):
+        for start in range(0, len(splits.test_labels), 100):
             answer = client.post(
                 "/v1/predict",
-                content=splits.test_images[start : start + 500].tobytes(),
+                content=splits.test_images[start : start + 100].tobytes(),
                 headers={"content-type": "application/octet-stream"},
             )
             answer.raise_for_status()
