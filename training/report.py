@@ -57,6 +57,17 @@ def plot_confusion_matrix(evaluation: Evaluation, path: Path) -> None:
     plt.close(fig)
 
 
+def _grid(count: int, row_height: float) -> tuple[Any, list[Any]]:
+    """A figure of `count` image cells, ten to a row, without axes."""
+    columns = 10
+    rows = max(1, int(np.ceil(count / columns)))
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.2, rows * row_height))
+    cells = list(np.atleast_1d(axes).ravel())
+    for ax in cells:
+        ax.axis("off")
+    return fig, cells
+
+
 def plot_sample_predictions(
     images: npt.NDArray[np.uint8],
     labels: npt.NDArray[np.uint8],
@@ -69,12 +80,8 @@ def plot_sample_predictions(
     wrong = np.flatnonzero(evaluation.predicted != labels)
     right = np.flatnonzero(evaluation.predicted == labels)
     chosen = np.concatenate([wrong[: count // 2], right[: count - min(len(wrong), count // 2)]])
-    columns = 10
-    rows = max(1, int(np.ceil(len(chosen) / columns)))
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.2, rows * 1.45))
-    for ax in np.atleast_1d(axes).ravel():
-        ax.axis("off")
-    for ax, index in zip(np.atleast_1d(axes).ravel(), chosen, strict=False):
+    fig, cells = _grid(len(chosen), row_height=1.45)
+    for ax, index in zip(cells, chosen, strict=False):
         predicted = int(evaluation.predicted[index])
         confidence = float(evaluation.probabilities[index, predicted])
         mistaken = predicted != int(labels[index])
@@ -102,12 +109,8 @@ def plot_hardest(
     said and how sure it was."""
     truth = probabilities[np.arange(len(labels)), labels]
     order = np.argsort(truth)[:count]
-    columns = 10
-    rows = max(1, int(np.ceil(len(order) / columns)))
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.2, rows * 1.5))
-    for ax in np.atleast_1d(axes).ravel():
-        ax.axis("off")
-    for ax, index in zip(np.atleast_1d(axes).ravel(), order, strict=False):
+    fig, cells = _grid(len(order), row_height=1.5)
+    for ax, index in zip(cells, order, strict=False):
         said = int(probabilities[index].argmax())
         confidence = float(probabilities[index, said])
         flag = " ?" if confidence < unsure_below else ""
