@@ -37,7 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import ensure_model, served
-from training.calibration import expected_calibration_error
+from training.calibration import expected_calibration_error, softmax
 from training.not_digits import not_digits
 from training.synthetic import (
     FONT_PACKAGES,
@@ -124,10 +124,7 @@ def report_mnist(url: str, data_dir: str | None, temperature: float) -> None:
 
 def uncalibrated(probabilities: np.ndarray, temperature: float) -> np.ndarray:
     """What the model said before its temperature: softmax(T * log p) undoes softmax(z / T)."""
-    logits = np.log(np.clip(probabilities, 1e-30, 1.0)) * temperature
-    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
-    result: np.ndarray = exp / exp.sum(axis=1, keepdims=True)
-    return result
+    return softmax(np.log(np.clip(probabilities, 1e-30, 1.0)) * temperature)
 
 
 def temperature_of(repository: Path, version: str | None) -> float:

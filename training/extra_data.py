@@ -31,11 +31,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from training.export import NUM_CLASSES
 from training.perturb import PERTURBATIONS
 
 log = logging.getLogger("training.extra_data")
 
-NUM_CLASSES = 10
 CALIBRATION_SEED_OFFSET = 500_000
 """Held-in foreign digits for fitting the temperature: other seeds than training's, still below
 the test seeds."""
