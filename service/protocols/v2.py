@@ -64,7 +64,7 @@ def output_tensor(name: str, result: Inference) -> tuple[npt.NDArray[Any], str]:
 
 
 def check_output_name(name: object) -> str:
-    if name not in OUTPUTS:
+    if not isinstance(name, str) or name not in OUTPUTS:  # a list or object is not hashable
         raise InvalidInput(f"unknown output {shown(name)}; this model has {OUTPUT_LIST}")
     return str(name)
 

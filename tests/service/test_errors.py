@@ -158,6 +158,17 @@ CASES = [
         400,
         "unknown output",
     ),
+    *[
+        (
+            f"v2-output-name-{kind}",
+            "/v2/models/mnist/infer",
+            body({"inputs": json.loads(v2(FLAT))["inputs"], "outputs": [{"name": name}]}),
+            JSON,
+            400,
+            "unknown output",
+        )
+        for kind, name in (("list", ["digit"]), ("object", {"a": 1}), ("number", 5))
+    ],
     ("v2-unknown-model", "/v2/models/fashion/infer", v2(FLAT), JSON, 404, "fashion"),
     ("v2-content-type", "/v2/models/mnist/infer", v2(FLAT), "text/plain", 415, "Content-Type"),
 ]
