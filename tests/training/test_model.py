@@ -51,3 +51,23 @@ def test_default_model_size() -> None:
 def test_impossible_depth_is_refused(blocks: int) -> None:
     with pytest.raises(ValueError, match="block"):
         build_model(ModelConfig(blocks=blocks))
+
+
+def test_the_temperature_is_folded_into_the_logits_layer() -> None:
+    """softmax(logits / T) from weights divided by T: the calibrated model is the same graph."""
+    from training.export import logits_of, with_temperature
+
+    model = build_model(ModelConfig(blocks=1, filters=8, dense_units=32))
+    before = [weight.copy() for weight in model.get_weights()]
+    images = np.random.default_rng(0).integers(0, 256, (5, 28, 28, 1)).astype(np.float32)
+    calibrated = with_temperature(model, 0.5)
+    np.testing.assert_allclose(
+        np.asarray(logits_of(calibrated)(images)),
+        np.asarray(logits_of(model)(images)) / 0.5,
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    assert calibrated.count_params() == model.count_params()
+    for weight, original in zip(model.get_weights(), before, strict=True):
+        np.testing.assert_array_equal(weight, original)  # the trained model is left alone
+    assert with_temperature(model, 1.0) is model
