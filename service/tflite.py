@@ -28,12 +28,20 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from service.runtime import INPUT_NAME, OUTPUT_NAME, ModelLoadError, import_tensorflow
+from service.runtime import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    SIGNATURE_NAME,
+    ModelLoadError,
+    import_tensorflow,
+)
 
 log = logging.getLogger("service.tflite")
 
 _CACHE_ENTRIES = 32
 """Converted versions kept; a repository serves a few, so older entries are of versions gone."""
+_CONVERSION = b"probabilities only\0"
+"""Part of the cache key: a change to what `_convert_here` makes must not reuse older entries."""
 
 
 class TFLitePredictor:
@@ -52,7 +60,7 @@ class TFLitePredictor:
             )
         inputs = self._interpreter.get_input_details()
         # The converter names outputs after graph tensors, not the signature: the probabilities
-        # are the one float output with a row of 10 (the other, `unsure`, is a boolean vector).
+        # are the one float output with a row of 10 (an older cache entry also has `unsure`).
         outputs = [
             o
             for o in self._interpreter.get_output_details()
@@ -115,7 +123,7 @@ def convert(path: Path, cache_dir: Path | None) -> bytes:
 
 def _content_digest(path: Path) -> str:
     """sha256 over the version's files, names and bytes: any change makes a new cache entry."""
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(_CONVERSION)
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
         digest.update(str(file.relative_to(path)).encode() + b"\0")
         digest.update(file.read_bytes())
@@ -140,10 +148,24 @@ def _store(cached: Path, output: Path) -> None:
 
 
 def _convert_here(saved_model: str, output: str) -> None:
-    """The child process: TensorFlow's converter, nothing else."""
+    """The child process: TensorFlow's converter, nothing else.
+
+    Only the probabilities are converted: the service computes the unsure flag itself (its
+    threshold can be overridden), so the signature's `unsure` ops would be work for nothing.
+    """
     import tensorflow as tf
 
-    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
+    loaded = tf.saved_model.load(saved_model)
+    signature = loaded.signatures[SIGNATURE_NAME]
+    image = signature.structured_input_signature[1][INPUT_NAME]
+
+    def probabilities(image: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {OUTPUT_NAME: signature(**{INPUT_NAME: image})[OUTPUT_NAME]}
+
+    function = tf.function(probabilities, input_signature=[image])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [function.get_concrete_function()], loaded
+    )
     Path(output).write_bytes(converter.convert())
 
 
