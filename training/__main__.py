@@ -62,6 +62,13 @@ def parse_args(argv: Sequence[str] | None) -> tuple[TrainConfig, bool]:
         "fonts and drawn styles, and not-a-digit pictures (see training/extra_data.py)",
     )
     fit.add_argument(
+        "--clean-epochs",
+        type=int,
+        default=defaults.clean_epochs,
+        help="train the last N epochs (all of them, if fewer) on MNIST's digits as they are: "
+        "no augmentation, none perturbed",
+    )
+    fit.add_argument(
         "--ema",
         action=argparse.BooleanOptionalAction,
         default=defaults.ema,
@@ -83,6 +90,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[TrainConfig, bool]:
         parser.error("--limit must be a positive number of images")
     if args.epochs < 1:
         parser.error("--epochs must be at least 1")
+    if args.clean_epochs < 0:
+        parser.error("--clean-epochs must be 0 or more")
     config = TrainConfig(
         data_dir=args.data_dir,
         model_repository=args.model_repository,
@@ -94,6 +103,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[TrainConfig, bool]:
         validation_split=args.validation_split,
         augment=args.augment,
         extra=defaults.extra if args.extra_data else None,
+        clean_epochs=args.clean_epochs,
         ema=args.ema,
         limit=args.limit,
         reports=not args.no_reports,

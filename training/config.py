@@ -37,6 +37,9 @@ class TrainConfig:
     augment: bool = True
     extra: ExtraConfig | None = field(default_factory=ExtraConfig)
     """Perturbed copies, rendered digits and not-a-digit pictures (None: MNIST only)."""
+    clean_epochs: int = 2
+    """The last `clean_epochs` epochs see MNIST's digits as they are: no augmentation, none
+    perturbed (the rendered extras stay), so training ends on the distribution it is judged on."""
     ema: bool = False
     """Export an exponential moving average of the weights (smoother than the last step)."""
     limit: int | None = None

@@ -119,3 +119,33 @@ def test_a_full_disk_during_export_fails_cleanly_and_publishes_nothing(tmp_path:
     model_dir = repository / "mnist"
     left = sorted(p.name for p in model_dir.iterdir()) if model_dir.exists() else []
     assert left == [], left
+
+
+def test_the_clean_epochs_see_the_digits_as_they_are(tmp_path: Path, mnist: MnistSplits) -> None:
+    """Augmented and perturbed epochs first, then `clean_epochs` of the unchanged images (and the
+    extras), in one stream of equal epochs."""
+    from training.extra_data import ExtraConfig, LabelledImages
+    from training.train import make_datasets
+
+    extras = LabelledImages(np.full((6, 28, 28), 200, np.uint8), np.full((6, 10), 0.1, np.float32))
+    config = tiny_train_config(
+        tmp_path, limit=200, epochs=3, clean_epochs=1, augment=True,
+        extra=ExtraConfig(perturbed_share=0.5), batch_size=32,
+    )  # fmt: skip
+    datasets = make_datasets(mnist, config, extras)
+    batches = list(datasets.train.as_numpy_iterator())
+    assert len(batches) == 3 * datasets.steps_per_epoch
+    validation = {image.tobytes() for image in datasets.mnist_validation.images}
+    expected = sorted(
+        image.tobytes()
+        for image in np.concatenate([mnist.train_images[:200], extras.images])
+        if image.tobytes() not in validation
+    )
+
+    def epoch_images(epoch: int) -> list[bytes]:
+        steps = slice(epoch * datasets.steps_per_epoch, (epoch + 1) * datasets.steps_per_epoch)
+        images = np.concatenate([x for x, _ in batches[steps]])[..., 0]
+        return sorted(image.astype(np.uint8).tobytes() for image in images)
+
+    assert epoch_images(2) == expected  # the last epoch: every image exactly as it is
+    assert epoch_images(0) != expected  # augmented (and half of them perturbed)
