@@ -190,6 +190,163 @@ def predict_logits(
     return logits
 
 
+def fit(
+    model: keras.Model,
+    datasets: Datasets,
+    config: TrainConfig,
+    on_epoch: Callable[[int, dict[str, float]], None] | None,
+) -> dict[str, list[float]]:
+    """Compile and train; the history of every metric, one value per epoch."""
+    compile_model(model, config, steps=config.epochs * datasets.steps_per_epoch)
+    callbacks: list[keras.callbacks.Callback] = []
+    if on_epoch is not None:
+        # Keras's progress line first, so the hook's output follows the finished epoch's line.
+        callbacks.append(keras.callbacks.ProgbarLogger())
+        callbacks.append(
+            keras.callbacks.LambdaCallback(
+                on_epoch_end=lambda epoch, logs: on_epoch(epoch + 1, dict(logs or {}))
+            )
+        )
+    history = model.fit(
+        datasets.train,
+        validation_data=datasets.validation,
+        epochs=config.epochs,
+        steps_per_epoch=datasets.steps_per_epoch,
+        shuffle=False,  # the dataset reshuffles itself each epoch
+        verbose=config.verbose,
+        callbacks=callbacks,
+    ).history
+    return {key: [float(v) for v in values] for key, values in history.items()}
+
+
+@dataclass(frozen=True)
+class Findings:
+    """What the trained model is worth, measured on data it never trained on."""
+
+    calibration: Calibration
+    evaluation: Evaluation
+    """On the official test set, with the calibrated probabilities."""
+    calibration_figures: dict[str, Any]
+    held_out_digits: npt.NDArray[np.float64]
+    """Calibrated probabilities of the held-out foreign digits (empty without reports)."""
+    robustness: dict[str, float]
+
+
+def assess(
+    model: keras.Model,
+    splits: MnistSplits,
+    validation: MnistValidation,
+    rendered: Rendered,
+    config: TrainConfig,
+) -> Findings:
+    """Fit the calibration, evaluate on the test set, and (with reports) measure the held-out
+    foreign digits, not-a-digit pictures and perturbed test digits."""
+    logits = predict_logits(model)
+    validation_logits = logits(validation.images)
+    calibration_logits = logits(rendered.calibration.images)
+    calibration = calibrate(
+        validation_logits, validation.labels, calibration_logits, rendered.calibration.labels
+    )
+    test_logits = logits(splits.test_images)
+    probabilities = softmax(test_logits, calibration.temperature).astype(np.float32)
+    figures: dict[str, Any] = {
+        "mnist_validation": calibration_report(validation_logits, validation.labels, calibration),
+        "foreign_held_in": calibration_report(
+            calibration_logits, rendered.calibration.labels, calibration
+        ),
+        "mnist_test": calibration_report(test_logits, splits.test_labels, calibration),
+    }
+    held_out_digits = np.zeros((0, 10))
+    robustness: dict[str, float] = {}
+    if config.reports:
+        held_out, held_out_digits = generalisation.held_out_report(
+            logits, rendered.held_out, calibration
+        )
+        figures.update(held_out)
+        robustness = generalisation.robustness(logits, splits.test_images, splits.test_labels)
+    return Findings(
+        calibration=calibration,
+        evaluation=evaluate_probabilities(probabilities, splits.test_labels),
+        calibration_figures=figures,
+        held_out_digits=held_out_digits,
+        robustness=robustness,
+    )
+
+
+def write_extras(
+    directory: Path,
+    splits: MnistSplits,
+    held_out: LabelledImages,
+    history: dict[str, list[float]],
+    findings: Findings,
+    reports: bool,
+) -> None:
+    """The gate's samples, and with `reports` the PNGs, beside the SavedModel."""
+    gate = slice(0, GATE_SAMPLES)
+    np.savez_compressed(
+        directory / "samples.npz", images=splits.test_images[gate], labels=splits.test_labels[gate]
+    )
+    if not reports:
+        return
+    evaluation = findings.evaluation
+    plot_history(history, directory / "training_curves.png")
+    plot_confusion_matrix(evaluation, directory / "confusion_matrix.png")
+    plot_sample_predictions(
+        splits.test_images, splits.test_labels, evaluation, directory / "samples.png"
+    )
+    is_digit = held_out.targets.max(axis=1) == 1.0
+    if is_digit.any():
+        plot_hardest(
+            held_out.images[is_digit],
+            held_out.labels[is_digit],
+            findings.held_out_digits,
+            findings.calibration.unsure_below,
+            directory / "hardest_foreign.png",
+        )
+
+
+def version_metadata(
+    config: TrainConfig,
+    splits: MnistSplits,
+    rendered: Rendered,
+    model: keras.Model,
+    history: dict[str, list[float]],
+    findings: Findings,
+    train_seconds: float,
+) -> dict[str, Any]:
+    """`metadata.json` (export adds the signature, the version and the extra outputs)."""
+    evaluation = findings.evaluation
+    return {
+        "model_name": config.model_name,
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "test_accuracy": round(evaluation.accuracy, 6),
+        "test_loss": round(evaluation.loss, 6),
+        "test_images": len(splits.test_labels),
+        "train_images": mnist_train_count(splits, config),
+        "rendered_train_images": len(rendered.training.targets),
+        "per_class": evaluation.per_class(),
+        "confusion_matrix": evaluation.confusion.tolist(),
+        "parameters": int(model.count_params()),
+        "training_config": config.to_json(),
+        "training_seconds": round(train_seconds, 2),
+        "history": history,
+        "calibration": findings.calibration.to_json(findings.calibration_figures),
+        "robustness": {
+            "digits": min(generalisation.ROBUSTNESS_DIGITS, len(splits.test_labels)),
+            "accuracy": findings.robustness,
+        }
+        if findings.robustness
+        else None,
+        "dataset_sha256": dict(splits.checksums),
+        "tensorflow_version": tf.__version__,
+        "keras_version": keras.__version__,
+        "gate_samples": {
+            "file": "samples.npz",
+            "count": min(GATE_SAMPLES, len(splits.test_labels)),
+        },
+    }
+
+
 def run(
     config: TrainConfig,
     splits: MnistSplits | None = None,
@@ -208,130 +365,33 @@ def run(
         splits = load_mnist(config.data_dir)
     say("rendering the extra training pictures (fonts, drawn styles, not-a-digit)")
     rendered = render_extras(config)
-    held_out = rendered.held_out
     datasets = make_datasets(splits, config, rendered.training)
-    mnist_validation = datasets.mnist_validation
-    mnist_train = mnist_train_count(splits, config) - len(mnist_validation.labels)
+    mnist_train = mnist_train_count(splits, config) - len(datasets.mnist_validation.labels)
     say(
         f"training on {mnist_train:,} MNIST digits and {len(rendered.training.targets):,} "
         "rendered pictures"
     )
     model = build_model(config.model)
-    compile_model(model, config, steps=config.epochs * datasets.steps_per_epoch)
-    callbacks: list[keras.callbacks.Callback] = []
-    if on_epoch is not None:
-        # Keras's progress line first, so the hook's output follows the finished epoch's line.
-        callbacks.append(keras.callbacks.ProgbarLogger())
-        callbacks.append(
-            keras.callbacks.LambdaCallback(
-                on_epoch_end=lambda epoch, logs: on_epoch(epoch + 1, dict(logs or {}))
-            )
-        )
-    fit = model.fit(
-        datasets.train,
-        validation_data=datasets.validation,
-        epochs=config.epochs,
-        steps_per_epoch=datasets.steps_per_epoch,
-        shuffle=False,  # the dataset reshuffles itself each epoch
-        verbose=config.verbose,
-        callbacks=callbacks,
-    )
-    history = {key: [float(v) for v in values] for key, values in fit.history.items()}
+    history = fit(model, datasets, config, on_epoch)
     train_seconds = time.monotonic() - started
 
     say("calibrating and evaluating")
-    logits = predict_logits(model)
-    validation_logits = logits(mnist_validation.images)
-    calibration_logits = logits(rendered.calibration.images)
-    calibration = calibrate(
-        validation_logits,
-        mnist_validation.labels,
-        calibration_logits,
-        rendered.calibration.labels,
-    )
-    test_logits = logits(splits.test_images)
-    probabilities = softmax(test_logits, calibration.temperature).astype(np.float32)
-    evaluation = evaluate_probabilities(probabilities, splits.test_labels)
-    calibration_figures: dict[str, Any] = {
-        "mnist_validation": calibration_report(
-            validation_logits, mnist_validation.labels, calibration
-        ),
-        "foreign_held_in": calibration_report(
-            calibration_logits, rendered.calibration.labels, calibration
-        ),
-        "mnist_test": calibration_report(test_logits, splits.test_labels, calibration),
-    }
-    held_out_digits = np.zeros((0, 10))
-    robustness: dict[str, float] = {}
-    if config.reports:
-        figures, held_out_digits = generalisation.held_out_report(logits, held_out, calibration)
-        calibration_figures.update(figures)
-        robustness = generalisation.robustness(logits, splits.test_images, splits.test_labels)
-
-    def write_extras(directory: Path) -> None:
-        gate = slice(0, GATE_SAMPLES)
-        np.savez_compressed(
-            directory / "samples.npz",
-            images=splits.test_images[gate],
-            labels=splits.test_labels[gate],
-        )
-        if config.reports:
-            plot_history(history, directory / "training_curves.png")
-            plot_confusion_matrix(evaluation, directory / "confusion_matrix.png")
-            plot_sample_predictions(
-                splits.test_images, splits.test_labels, evaluation, directory / "samples.png"
-            )
-            is_digit = held_out.targets.max(axis=1) == 1.0
-            if is_digit.any():
-                plot_hardest(
-                    held_out.images[is_digit],
-                    held_out.labels[is_digit],
-                    held_out_digits,
-                    calibration.unsure_below,
-                    directory / "hardest_foreign.png",
-                )
-
-    metadata: dict[str, Any] = {
-        "model_name": config.model_name,
-        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "test_accuracy": round(evaluation.accuracy, 6),
-        "test_loss": round(evaluation.loss, 6),
-        "test_images": len(splits.test_labels),
-        "train_images": mnist_train_count(splits, config),
-        "rendered_train_images": len(rendered.training.targets),
-        "per_class": evaluation.per_class(),
-        "confusion_matrix": evaluation.confusion.tolist(),
-        "parameters": int(model.count_params()),
-        "training_config": config.to_json(),
-        "training_seconds": round(train_seconds, 2),
-        "history": history,
-        "calibration": calibration.to_json(calibration_figures),
-        "robustness": {
-            "digits": min(generalisation.ROBUSTNESS_DIGITS, len(splits.test_labels)),
-            "accuracy": robustness,
-        }
-        if robustness
-        else None,
-        "dataset_sha256": dict(splits.checksums),
-        "tensorflow_version": tf.__version__,
-        "keras_version": keras.__version__,
-        "gate_samples": {
-            "file": "samples.npz",
-            "count": min(GATE_SAMPLES, len(splits.test_labels)),
-        },
-    }
+    findings = assess(model, splits, datasets.mnist_validation, rendered, config)
+    calibration = findings.calibration
     version, path = export_version(
         model,
         Path(config.model_repository) / config.model_name,
-        metadata,
-        write_extras,
+        version_metadata(config, splits, rendered, model, history, findings, train_seconds),
+        lambda directory: write_extras(
+            directory, splits, rendered.held_out, history, findings, config.reports
+        ),
         temperature=calibration.temperature,
         unsure_below=calibration.unsure_below,
     )
     return TrainResult(
         version=version,
         path=path,
-        evaluation=evaluation,
+        evaluation=findings.evaluation,
         parameters=int(model.count_params()),
         seconds=time.monotonic() - started,
         history=history,
