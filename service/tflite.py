@@ -157,12 +157,12 @@ def _convert_here(saved_model: str, output: str) -> None:
 
     loaded = tf.saved_model.load(saved_model)
     signature = loaded.signatures[SIGNATURE_NAME]
-    image = signature.structured_input_signature[1][INPUT_NAME]
+    spec = signature.structured_input_signature[1][INPUT_NAME]
 
     def probabilities(image: tf.Tensor) -> dict[str, tf.Tensor]:
         return {OUTPUT_NAME: signature(**{INPUT_NAME: image})[OUTPUT_NAME]}
 
-    function = tf.function(probabilities, input_signature=[image])
+    function = tf.function(probabilities, input_signature=[spec])
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
         [function.get_concrete_function()], loaded
     )

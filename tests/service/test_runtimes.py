@@ -37,6 +37,19 @@ def test_tflite_gives_the_savedmodels_digits_on_real_test_digits(
     assert [size for size, _ in warm_up(model, (1, 4))] == [1, 4]
 
 
+def test_only_the_probabilities_are_converted(version_dir: Path) -> None:
+    """The version's signature also has `unsure` (a calibrated export); the service computes the
+    flag itself, so the converted model has the one float output and no work for the other."""
+    import tensorflow as tf
+
+    signature = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
+    assert set(signature.structured_outputs) == {"probabilities", "unsure"}
+    interpreter = tf.lite.Interpreter(model_content=convert(version_dir, None))
+    (output,) = interpreter.get_output_details()
+    assert output["dtype"] == np.float32
+    assert list(output["shape"]) == [1, 10]
+
+
 def test_conversions_are_cached_by_the_versions_content(version_dir: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     first = convert(version_dir, cache)
