@@ -149,3 +149,14 @@ def test_the_clean_epochs_see_the_digits_as_they_are(tmp_path: Path, mnist: Mnis
 
     assert epoch_images(2) == expected  # the last epoch: every image exactly as it is
     assert epoch_images(0) != expected  # augmented (and half of them perturbed)
+
+
+def test_the_clean_epochs_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    from training.__main__ import parse_args
+
+    assert parse_args([])[0].clean_epochs == 2
+    assert parse_args(["--clean-epochs", "0"])[0].clean_epochs == 0
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--clean-epochs", "-1"])
+    assert exit_info.value.code == 2
+    assert "--clean-epochs must be 0 or more" in capsys.readouterr().err
