@@ -114,7 +114,8 @@ def make_datasets(splits: MnistSplits, config: TrainConfig, extras: LabelledImag
             .batch(config.batch_size)
         )
 
-    train = batches(train_images)
+    unaugmented = batches(train_images)
+    train = unaugmented
     if config.augment:
         augmenter = make_augmenter(config.seed)
         train = train.map(
@@ -132,7 +133,9 @@ def make_datasets(splits: MnistSplits, config: TrainConfig, extras: LabelledImag
     clean_epochs = min(config.clean_epochs, config.epochs)
     epochs = train.repeat(config.epochs - clean_epochs)
     if clean_epochs:
-        epochs = epochs.concatenate(batches(clean_images).repeat(clean_epochs))
+        # Nothing perturbed: the unaugmented batches already are the clean ones (no second copy).
+        clean = unaugmented if train_images is clean_images else batches(clean_images)
+        epochs = epochs.concatenate(clean.repeat(clean_epochs))
     return Datasets(
         train=epochs.prefetch(tf.data.AUTOTUNE),
         steps_per_epoch=int(train.cardinality().numpy()),
@@ -259,10 +262,10 @@ def assess(
     held_out_digits = np.zeros((0, 10))
     robustness: dict[str, float] = {}
     if config.reports:
-        held_out, held_out_digits = generalisation.held_out_report(
+        held_out_figures, held_out_digits = generalisation.held_out_report(
             logits, rendered.held_out, calibration
         )
-        figures.update(held_out)
+        figures.update(held_out_figures)
         robustness = generalisation.robustness(logits, splits.test_images, splits.test_labels)
     return Findings(
         calibration=calibration,

@@ -121,16 +121,21 @@ def test_a_full_disk_during_export_fails_cleanly_and_publishes_nothing(tmp_path:
     assert left == [], left
 
 
-def test_the_clean_epochs_see_the_digits_as_they_are(tmp_path: Path, mnist: MnistSplits) -> None:
+@pytest.mark.parametrize(
+    ("augment", "perturbed_share"), [(True, 0.5), (False, 0.0)], ids=["distorted", "as-they-are"]
+)
+def test_the_clean_epochs_see_the_digits_as_they_are(
+    tmp_path: Path, mnist: MnistSplits, augment: bool, perturbed_share: float
+) -> None:
     """Augmented and perturbed epochs first, then `clean_epochs` of the unchanged images (and the
-    extras), in one stream of equal epochs."""
+    extras), in one stream of equal epochs; with nothing distorted, every epoch is clean."""
     from training.extra_data import ExtraConfig, LabelledImages
     from training.train import make_datasets
 
     extras = LabelledImages(np.full((6, 28, 28), 200, np.uint8), np.full((6, 10), 0.1, np.float32))
     config = tiny_train_config(
-        tmp_path, limit=200, epochs=3, clean_epochs=1, augment=True,
-        extra=ExtraConfig(perturbed_share=0.5), batch_size=32,
+        tmp_path, limit=200, epochs=3, clean_epochs=1, augment=augment,
+        extra=ExtraConfig(perturbed_share=perturbed_share), batch_size=32,
     )  # fmt: skip
     datasets = make_datasets(mnist, config, extras)
     batches = list(datasets.train.as_numpy_iterator())
@@ -148,7 +153,10 @@ def test_the_clean_epochs_see_the_digits_as_they_are(tmp_path: Path, mnist: Mnis
         return sorted(image.astype(np.uint8).tobytes() for image in images)
 
     assert epoch_images(2) == expected  # the last epoch: every image exactly as it is
-    assert epoch_images(0) != expected  # augmented (and half of them perturbed)
+    if augment:
+        assert epoch_images(0) != expected  # augmented (and half of them perturbed)
+    else:
+        assert epoch_images(0) == expected
 
 
 def test_the_clean_epochs_flag(capsys: pytest.CaptureFixture[str]) -> None:
