@@ -107,6 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "log_config": None,
         "access_log": False,
         "backlog": 4096,
+        # httptools, answering overload refusals before uvicorn makes an ASGI task of them.
+        "http": "service.http_protocol:EarlyRefusalProtocol",
         # After the drain grace period: how long accepted requests may take to finish.
         "timeout_graceful_shutdown": int(settings.shutdown_timeout_seconds),
     }

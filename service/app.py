@@ -18,14 +18,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service import __version__
-from service.auth import ApiKeyMiddleware
+from service.auth import ApiKeyMiddleware, ApiKeys
 from service.dataplane import DataPlane
 from service.docs import router as docs_router
 from service.errors import ServingError, error_response, handle_serving_error
 from service.health import router as health_router
 from service.metrics import Metrics, multiprocess_directory
-from service.middleware import RequestContextMiddleware
-from service.overload import OverloadGuard
+from service.middleware import RequestContextMiddleware, RequestRecord
+from service.overload import STATE_KEY, Admission, EarlyRefusal, OverloadGuard
 from service.protocols.admin import router as admin_router
 from service.protocols.native import router as native_router
 from service.protocols.tfserving import router as tfserving_router
@@ -102,15 +102,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     tracing = configure_tracing(settings)
     plane = DataPlane(settings, metrics, workers, tracing)
     shutdown = GracefulShutdown(settings.drain_grace_seconds, on_drain=plane.start_draining)
+    keys = ApiKeys(settings.api_keys, settings.admin_api_keys)
+    record = RequestRecord(metrics, settings.access_log)
+    admission = Admission(plane)
+    early_refusal = EarlyRefusal(admission, keys, shutdown, record, tracing is not None)
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         # The model loads in the background: the app starts answering /healthz at once.
         await plane.start()
         grpc = GrpcLifecycle(settings, plane, metrics) if settings.grpc_port else None
         shutdown.install()
         try:
-            yield
+            yield {STATE_KEY: early_refusal}  # for service.http_protocol
         finally:
             if grpc is not None:  # its accepted calls finish while the plane still runs
                 await grpc.stop()
@@ -149,15 +153,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # Added first, so they run inside the request context: refusals get an id, metrics and a
     # log. Keys are checked before overload: without a key, a client learns nothing more.
-    app.add_middleware(OverloadGuard, plane=plane)
-    app.add_middleware(
-        ApiKeyMiddleware, api_keys=settings.api_keys, admin_api_keys=settings.admin_api_keys
-    )
-    app.add_middleware(
-        RequestContextMiddleware,
-        metrics=metrics,
-        shutdown=shutdown,
-        log_requests=settings.access_log,
-        tracing=tracing,
-    )
+    app.add_middleware(OverloadGuard, admission=admission)
+    app.add_middleware(ApiKeyMiddleware, keys=keys)
+    app.add_middleware(RequestContextMiddleware, record=record, shutdown=shutdown, tracing=tracing)
     return app

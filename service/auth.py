@@ -63,23 +63,18 @@ def _is_open(path: str) -> bool:
     return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
 
-class ApiKeyMiddleware:
-    def __init__(self, app: ASGIApp, api_keys: list[str], admin_api_keys: list[str]) -> None:
-        self.app = app
+class ApiKeys:
+    """The configured keys, and whether a request's path and headers pass them."""
+
+    def __init__(self, api_keys: list[str], admin_api_keys: list[str]) -> None:
         self.admin_keys = [key.encode() for key in admin_api_keys]
         self.any_keys = [key.encode() for key in api_keys] + self.admin_keys
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.any_keys and not _is_open(scope["path"]):
-            try:
-                self._check(scope)
-            except ServingError as refusal:
-                await send_error(refusal, scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-    def _check(self, scope: Scope) -> None:
-        key = presented_key(scope["headers"])
+    def check(self, path: str, headers: list[tuple[bytes, bytes]]) -> None:
+        """Raise `Unauthenticated` or `Forbidden` unless the request may go on."""
+        if not self.any_keys or _is_open(path):
+            return
+        key = presented_key(headers)
         if key is None:
             raise Unauthenticated(
                 "an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
@@ -87,5 +82,20 @@ class ApiKeyMiddleware:
             )
         if not _matches(key, self.any_keys):
             raise Unauthenticated("the API key is not valid", _CHALLENGE)
-        if scope["path"].startswith(ADMIN_PREFIX) and not _matches(key, self.admin_keys):
+        if path.startswith(ADMIN_PREFIX) and not _matches(key, self.admin_keys):
             raise Forbidden("this API key does not have the admin right")
+
+
+class ApiKeyMiddleware:
+    def __init__(self, app: ASGIApp, keys: ApiKeys) -> None:
+        self.app = app
+        self.keys = keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            try:
+                self.keys.check(scope["path"], scope["headers"])
+            except ServingError as refusal:
+                await send_error(refusal, scope, receive, send)
+                return
+        await self.app(scope, receive, send)

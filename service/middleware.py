@@ -40,15 +40,13 @@ class RequestContextMiddleware:
     def __init__(
         self,
         app: ASGIApp,
-        metrics: Metrics,
+        record: RequestRecord,
         shutdown: ShutdownState,
-        log_requests: bool = True,
         tracing: Tracing | None = None,
     ) -> None:
         self.app = app
-        self.metrics = metrics
+        self.record = record
         self.shutdown = shutdown
-        self.log_requests = log_requests
         self.tracing = tracing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -56,7 +54,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        request_id = _request_id(scope)
+        request_id = request_id_of(scope["headers"])
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
         status = 500
@@ -111,23 +109,50 @@ class RequestContextMiddleware:
             elapsed = time.perf_counter() - started
             template = _route_template(scope)
             method = scope["method"]
-            self.metrics.http_requests.labels(method, template, str(status)).inc()
-            self.metrics.http_duration.labels(method, template).observe(elapsed)
+            trace_id = None
             if tracing is not None:
                 tracing.end_request(span, token, method, template, status, state)
-            if self.log_requests:
-                fields = {
-                    "request_id": request_id,
-                    "method": method,
-                    "route": template,
-                    "path": scope["path"],
-                    "status": status,
-                    "latency_ms": round(elapsed * 1000, 3),
-                    "images": state.get("images"),
-                }
-                if tracing is not None:
-                    fields["trace_id"] = tracing.trace_id(span)
-                access_log.info("request", extra=fields)
+                trace_id = tracing.trace_id(span)
+            self.record(
+                request_id, method, template, scope["path"], status, elapsed, state, trace_id
+            )
+
+
+class RequestRecord:
+    """What every answered request leaves behind: its HTTP metrics and its access log line.
+    Shared by the middleware and by refusals answered before any ASGI task exists
+    (`service.http_protocol`)."""
+
+    def __init__(self, metrics: Metrics, log_requests: bool = True) -> None:
+        self.metrics = metrics
+        self.log_requests = log_requests
+
+    def __call__(
+        self,
+        request_id: str,
+        method: str,
+        template: str,
+        path: str,
+        status: int,
+        elapsed: float,
+        state: dict[str, Any],
+        trace_id: str | None = None,
+    ) -> None:
+        self.metrics.http_requests.labels(method, template, str(status)).inc()
+        self.metrics.http_duration.labels(method, template).observe(elapsed)
+        if self.log_requests:
+            fields = {
+                "request_id": request_id,
+                "method": method,
+                "route": template,
+                "path": path,
+                "status": status,
+                "latency_ms": round(elapsed * 1000, 3),
+                "images": state.get("images"),
+            }
+            if trace_id is not None:
+                fields["trace_id"] = trace_id
+            access_log.info("request", extra=fields)
 
 
 async def _discard_body(receive: Receive) -> None:
@@ -150,8 +175,7 @@ def _route_template(scope: Scope) -> str:
     template = getattr(route, "path", None)
     if template:
         return str(template)
-    key = (scope["method"], scope["path"])
-    template = _templates.get(key)
+    template = known_template(scope["method"], scope["path"])
     if template is None:
         template = "unmatched"
         app = scope.get("app")
@@ -164,12 +188,17 @@ def _route_template(scope: Scope) -> str:
                 break
         if len(_templates) >= _TEMPLATES_CACHED:  # paths are the client's: keep it bounded
             _templates.clear()
-        _templates[key] = template
+        _templates[scope["method"], scope["path"]] = template
     return template
 
 
-def _request_id(scope: Scope) -> str:
-    for name, value in scope["headers"]:
+def known_template(method: str, path: str) -> str | None:
+    """The route template of a request answered before routing before, if remembered."""
+    return _templates.get((method, path))
+
+
+def request_id_of(headers: list[tuple[bytes, bytes]]) -> str:
+    for name, value in headers:
         if name == REQUEST_ID_HEADER:
             return new_request_id(value.decode("latin-1"))
     return new_request_id(None)

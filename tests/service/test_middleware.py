@@ -11,7 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service.metrics import Metrics
-from service.middleware import RequestContextMiddleware
+from service.middleware import RequestContextMiddleware, RequestRecord
 from tests.service.test_server import metric
 
 
@@ -27,7 +27,7 @@ async def crash(request: Request) -> Response:
 def test_an_unexpected_error_is_a_json_500_with_the_request_id_and_its_route() -> None:
     metrics = Metrics()
     app = Starlette(routes=[Route("/items/{item}", crash)])
-    app.add_middleware(RequestContextMiddleware, metrics=metrics, shutdown=Running())
+    app.add_middleware(RequestContextMiddleware, record=RequestRecord(metrics), shutdown=Running())
 
     async def call() -> httpx.Response:
         transport = httpx.ASGITransport(app=app)

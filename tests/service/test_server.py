@@ -4,6 +4,7 @@ metrics, request ids and structured logs."""
 from __future__ import annotations
 
 import concurrent.futures
+import http.client
 import json
 import re
 from collections.abc import Callable
@@ -240,6 +241,49 @@ def test_overload_is_refused_fast_with_retry_after(
     assert all(r.headers["retry-after"] == "1" for r in refused)
     assert all(r.json()["code"] == "overloaded" for r in refused)
     assert metric(scrape(server), "requests_rejected_total", reason="queue_full") == len(refused)
+
+
+def test_refusals_keep_the_connection_and_are_each_counted_and_logged_once(
+    start_server: Start, trained_repository: Path
+) -> None:
+    """Requests of 32 images against a queue of 16: the first are refused after their body is
+    parsed, and once the queue has learnt their size, from their headers alone (by the HTTP
+    protocol itself, before any routing). Either way a client on a keep-alive connection gets
+    the same answer, the unread body is skipped so the connection serves on, and each refusal is
+    counted and logged once."""
+    server = start_server(trained_repository, MNIST_MAX_QUEUE_IMAGES="16")
+    body = json.dumps({"instances": [[0] * 784] * 32})
+    host, port = server.url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    answers = []
+    for i in range(20):
+        connection.request(
+            "POST",
+            "/v1/predict",
+            body,
+            {"Content-Type": "application/json", "X-Request-ID": f"refused-{i}"},
+        )
+        response = connection.getresponse()
+        answers.append((response.status, dict(response.getheaders()), json.loads(response.read())))
+    connection.request("GET", "/healthz")
+    after = connection.getresponse()
+    assert (after.status, json.loads(after.read())) == (200, {"status": "alive"})
+
+    for i, (status, headers, answer) in enumerate(answers):
+        assert status == 503
+        assert answer["code"] == "overloaded"
+        assert headers["retry-after"] == "1"
+        assert headers["content-type"] == "application/json"
+        assert headers["x-request-id"] == f"refused-{i}"
+        assert "connection" not in headers
+    text = scrape(server)
+    assert metric(text, "http_requests_total", route="/v1/predict", status="503") == 20
+    assert metric(text, "requests_rejected_total") == 20
+    logged = [
+        json.loads(line) for line in server.logs().splitlines() if '"request_id":"refused-' in line
+    ]
+    assert sorted(e["request_id"] for e in logged) == sorted(f"refused-{i}" for i in range(20))
+    assert {(e["route"], e["status"]) for e in logged} == {("/v1/predict", 503)}
 
 
 def test_metrics_cover_every_worker(start_server: Start, trained_repository: Path) -> None:
