@@ -17,6 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
+from service.logs import FLUSH_SECONDS
 from training.config import ModelConfig, TrainConfig
 from training.data import MnistSplits, load_mnist
 from training.extra_data import ExtraConfig
@@ -127,6 +128,9 @@ class LiveServer:
         return httpx.Client(base_url=self.url, timeout=30, **kwargs)  # type: ignore[arg-type]
 
     def logs(self) -> str:
+        """Its output so far, including what its log handler still buffered when called."""
+        if self.process.poll() is None:
+            time.sleep(FLUSH_SECONDS + 0.1)
         return self.log_path.read_text()
 
     def wait_ready(self, timeout: float = 60) -> None:
