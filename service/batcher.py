@@ -158,7 +158,10 @@ class DynamicBatcher:
         cost: CostModel | None = None,
         max_queue_delay: float = math.inf,
         tracer: BatchTracer | None = None,
+        thread_setup: Callable[[], object] | None = None,
     ) -> None:
+        """`thread_setup` runs first on the thread that calls the model (its scheduling
+        priority, `service.runtime.lower_thread_priority`)."""
         if max_batch_size < 1 or max_queue_images < 1 or max_concurrent_batches < 1:
             raise ValueError("batch size, queue size and concurrency must be positive")
         self._predict = predict
@@ -182,7 +185,7 @@ class DynamicBatcher:
         self._arrived = asyncio.Event()
         self._slots = asyncio.Semaphore(max_concurrent_batches)
         self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=max_concurrent_batches, thread_name_prefix="model"
+            max_workers=max_concurrent_batches, thread_name_prefix="model", initializer=thread_setup
         )
         self._running: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None

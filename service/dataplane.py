@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import gc
 import logging
 import time
@@ -37,6 +38,7 @@ from service.runtime import (
     deprioritise_compute_threads,
     fall_back_to_savedmodel,
     load_model,
+    lower_thread_priority,
     warm_up,
 )
 from service.settings import Settings
@@ -477,4 +479,5 @@ class DataPlane:
             cost=CostModel(model.call_seconds),
             max_queue_delay=settings.max_queue_delay_ms / 1000,
             tracer=self.tracing,
+            thread_setup=functools.partial(lower_thread_priority, settings.model_thread_niceness),
         )

@@ -106,8 +106,9 @@ def deprioritise_compute_threads(niceness: int) -> int:
     time-slices them, so a request arriving while a batch computes waits for the loop's next
     slice (refusals under overload took ~20 ms at p99). Niced, the compute threads run whenever
     the loop has nothing to do, which is most of the time, and yield to it at once when a
-    request arrives. Only TensorFlow's own pools (`tf_*`, pure C++) are niced: a thread holding
-    Python's GIL must never wait behind others. Linux only; elsewhere nothing happens.
+    request arrives. These are TensorFlow's own pools (`tf_*`, pure C++); TensorFlow Lite
+    computes on the thread that calls it, niced by `lower_thread_priority`. Linux only;
+    elsewhere nothing happens.
     """
     tasks = Path("/proc/self/task")
     if niceness <= 0 or not tasks.is_dir():
@@ -115,15 +116,30 @@ def deprioritise_compute_threads(niceness: int) -> int:
     changed = 0
     for task in tasks.iterdir():
         try:
-            if not (task / "comm").read_text().startswith("tf_"):
-                continue
-            tid = int(task.name)
-            current = os.getpriority(os.PRIO_PROCESS, tid)
-            os.setpriority(os.PRIO_PROCESS, tid, min(current + niceness, 19))
-            changed += 1
-        except (OSError, ValueError):  # the thread ended meanwhile, or no permission
+            if (task / "comm").read_text().startswith("tf_"):
+                changed += _lower(int(task.name), niceness)
+        except (OSError, ValueError):  # the thread ended meanwhile
             continue
     return changed
+
+
+def lower_thread_priority(niceness: int) -> None:
+    """Schedule the calling thread `niceness` steps lower: the batcher's model thread.
+
+    It holds Python's GIL only between model calls (copying a batch in and the answers out); a
+    niced holder cannot keep the event loop waiting, because a loop waiting for the GIL is not
+    runnable and leaves the core to it."""
+    if niceness > 0 and hasattr(os, "setpriority"):
+        _lower(threading.get_native_id(), niceness)
+
+
+def _lower(tid: int, niceness: int) -> int:
+    try:
+        current = os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, min(current + niceness, 19))
+    except OSError:  # no permission, or the thread ended
+        return 0
+    return 1
 
 
 def read_metadata(path: Path) -> dict[str, Any]:

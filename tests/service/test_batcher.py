@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +22,7 @@ from service.errors import (
     Overloaded,
     VersionUnloading,
 )
+from service.runtime import lower_thread_priority
 
 Array = npt.NDArray[np.float32]
 
@@ -395,3 +398,24 @@ def test_a_hung_model_call_bounds_waits_refusals_and_close() -> None:
         model.release.set()
 
     run(scenario())
+
+
+def test_the_model_runs_on_a_thread_scheduled_below_the_event_loop() -> None:
+    """TensorFlow Lite computes on the batcher's own thread: niced, it yields the core to the
+    event loop whenever a request arrives."""
+    niceness: list[int] = []
+
+    def model(batch: Array) -> Array:
+        niceness.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return batch
+
+    async def scenario() -> None:
+        batcher = DynamicBatcher(model, thread_setup=functools.partial(lower_thread_priority, 5))
+        batcher.start()
+        await batcher.submit(images(1.0), 5.0)
+        await batcher.close()
+
+    loop_niceness = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    run(scenario())
+    assert niceness == [min(loop_niceness + 5, 19)]
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == loop_niceness
