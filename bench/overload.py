@@ -31,7 +31,9 @@ from bench.openloop import OpenLoop, Outcome, closed_loop, http_request, percent
 HOST = "127.0.0.1"
 
 
-def summarise(name: str, outcomes: list[Outcome], seconds: float, rss: float) -> str:
+def summarise(
+    name: str, outcomes: list[Outcome], seconds: float, rss: float, stall: float = 0.0
+) -> str:
     accepted = [o.latency * 1000 for o in outcomes if o.status == 200]
     refused = [o.latency * 1000 for o in outcomes if o.status in (429, 503)]
     other = [o for o in outcomes if o.status not in (200, 429, 503)]
@@ -44,24 +46,28 @@ def summarise(name: str, outcomes: list[Outcome], seconds: float, rss: float) ->
         f"refused_p99_ms={percentile(refused, 99):.2f} "
         f"refused_max_ms={max(refused, default=float('nan')):.2f} "
         f"other={len(other)}{' ' + ','.join(kinds) if kinds else ''} rss_mib={rss:.0f} "
-        f"generator_send_lag_p99_ms={percentile([o.send_lag * 1000 for o in outcomes], 99):.2f}"
+        f"generator_send_lag_p99_ms={percentile([o.send_lag * 1000 for o in outcomes], 99):.2f} "
+        f"generator_stall_max_ms={stall * 1000:.1f}"
     )
 
 
-async def phase(request: bytes, port: int, rate: float, seconds: float) -> list[Outcome]:
+async def phase(
+    request: bytes, port: int, rate: float, seconds: float
+) -> tuple[list[Outcome], float]:
+    """The outcomes, and the generator's own longest stall (`OpenLoop.stall_max`)."""
     generator = OpenLoop(HOST, port, request)
     try:
-        return await generator.run(rate, seconds)
+        return await generator.run(rate, seconds), generator.stall_max
     finally:
         await generator.close()
 
 
 async def overload_then_recover(
     request: bytes, port: int, rate: float, seconds: float, calm_rate: float
-) -> tuple[list[Outcome], list[Outcome]]:
+) -> tuple[tuple[list[Outcome], float], list[Outcome]]:
     async def calm_after() -> list[Outcome]:
         await asyncio.sleep(seconds)
-        return await phase(request, port, calm_rate, 3)
+        return (await phase(request, port, calm_rate, 3))[0]
 
     storm, calm = await asyncio.gather(phase(request, port, rate, seconds), calm_after())
     return storm, calm
@@ -108,18 +114,18 @@ def main() -> None:
             flush=True,
         )
         calm_rate = capacity / 2
-        baseline = asyncio.run(phase(request, port, calm_rate, 5))
-        print(summarise("open_loop factor=0.5", baseline, 5, rss_mib(server.pid)), flush=True)
+        baseline, stall = asyncio.run(phase(request, port, calm_rate, 5))
+        print(
+            summarise("open_loop factor=0.5", baseline, 5, rss_mib(server.pid), stall), flush=True
+        )
         baseline_p99 = percentile([o.latency for o in baseline if o.status == 200], 99)
         for factor in (float(f) for f in args.factors.split(",")):
             time.sleep(2)
-            storm, calm = asyncio.run(
+            (storm, stall), calm = asyncio.run(
                 overload_then_recover(request, port, factor * capacity, args.seconds, calm_rate)
             )
-            print(
-                summarise(f"open_loop factor={factor:g}", storm, args.seconds, rss_mib(server.pid)),
-                flush=True,
-            )
+            name = f"open_loop factor={factor:g}"
+            print(summarise(name, storm, args.seconds, rss_mib(server.pid), stall), flush=True)
             windows = []
             for start in (0.0, 0.5, 1.0, 2.0):
                 stop = start + (0.5 if start < 1 else 1.0)
