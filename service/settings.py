@@ -120,8 +120,9 @@ class Settings(BaseSettings):
     """TensorFlow threads inside one op; 0 lets TensorFlow use every core it may run on."""
     tf_inter_op_threads: int = Field(0, ge=0)
     model_thread_niceness: int = Field(10, ge=0, le=19)
-    """How much lower TensorFlow's compute threads are scheduled than request handling, so a
-    request (or a refusal) never waits for a batch's time slice; 0 leaves them equal."""
+    """How much lower the model's compute threads (TensorFlow's pools, and the batcher's thread,
+    where TensorFlow Lite computes) are scheduled than request handling, so a request (or a
+    refusal) never waits for a batch's time slice; 0 leaves them equal."""
 
     @field_validator("tflite_cache_dir", mode="before")
     @classmethod
