@@ -19,14 +19,12 @@ the same queue; with several versions the routes decide.
 from __future__ import annotations
 
 import time
-from typing import Any
 
-import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.auth import ApiKeys
 from service.dataplane import DataPlane
-from service.errors import ServingError, send_error
+from service.errors import ServingError, error_response, send_error
 from service.middleware import (
     REQUEST_ID_HEADER,
     RequestRecord,
@@ -123,14 +121,9 @@ class EarlyRefusal:
         if refusal is None:
             return None
         request_id = request_id_of(headers)
-        body = orjson.dumps({"error": refusal.message, "code": refusal.code})
-        response_headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            *((name.lower().encode(), value.encode()) for name, value in refusal.headers.items()),
-            (REQUEST_ID_HEADER, request_id.encode()),
-        ]
-        state: dict[str, Any] = {}
+        # The response the middleware path would send, so body and headers have one source.
+        response = error_response(refusal.status, refusal.message, refusal.code, refusal.headers)
+        response_headers = [*response.raw_headers, (REQUEST_ID_HEADER, request_id.encode())]
         elapsed = time.perf_counter() - started
-        self.record(request_id, method, template, path, refusal.status, elapsed, state)
-        return refusal.status, response_headers, body
+        self.record(request_id, method, template, path, refusal.status, elapsed, {})
+        return refusal.status, response_headers, bytes(response.body)
