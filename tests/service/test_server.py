@@ -286,6 +286,41 @@ def test_refusals_keep_the_connection_and_are_each_counted_and_logged_once(
     assert {(e["route"], e["status"]) for e in logged} == {("/v1/predict", 503)}
 
 
+def test_refusals_from_the_headers_survive_hostile_header_values(
+    start_server: Start, trained_repository: Path
+) -> None:
+    """Header values a client controls, on requests refused before routing: an id that is not a
+    plain token is replaced, a timeout that is not whole milliseconds is the route's 400, and
+    nothing is a 500 or a dropped connection."""
+    server = start_server(trained_repository, MNIST_MAX_QUEUE_IMAGES="16")
+    body = json.dumps({"instances": [[0] * 784] * 32})
+    host, port = server.url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+
+    def post(headers: dict[str, str]) -> tuple[int, dict[str, str], dict[str, str]]:
+        connection.request(
+            "POST", "/v1/predict", body, {"Content-Type": "application/json", **headers}
+        )
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), json.loads(response.read())
+
+    for _ in range(12):  # until the queue refuses from the headers alone
+        assert post({})[0] == 503
+    hostile_ids = ["has space", "x" * 500, "caf\u00e9", "a\tb"]
+    for offered in hostile_ids:
+        status, headers, answer = post({"X-Request-ID": offered.encode("utf-8").decode("latin-1")})
+        assert (status, answer["code"]) == (503, "overloaded")
+        assert re.fullmatch(r"[0-9a-f]{32}", headers["x-request-id"])
+    for timeout in ["\u00b2".encode().decode("latin-1"), "-1", "0", "1.5", "9" * 40, ""]:
+        status, _, answer = post({"X-Request-Timeout-Ms": timeout})
+        assert status == 400, (timeout, status, answer)
+        assert answer["code"] == "malformed_request"
+    status, _, answer = post({"X-Request-Timeout-Ms": "5"})
+    assert (status, answer["code"]) == (503, "overloaded")
+    connection.request("GET", "/healthz")
+    assert connection.getresponse().status == 200
+
+
 def test_metrics_cover_every_worker(start_server: Start, trained_repository: Path) -> None:
     server = start_server(trained_repository, MNIST_WORKERS="2")
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
