@@ -4,8 +4,8 @@
 Besides `inference.GRPCInferenceService` it serves the standard health service
 (`grpc.health.v1.Health`: service "" is liveness, "inference.GRPCInferenceService" readiness,
 NOT_SERVING from the shutdown signal on, so Kubernetes' `grpc:` probes and grpc_health_probe
-work) and server reflection (grpcurl needs no .proto files). One interceptor does for every
-call what the REST middleware does per request: API keys (`authorization: Bearer` or
+work) and server reflection (grpcurl needs no .proto files). `CallRecorder` wraps every unary
+call with what the REST middleware does per request: API keys (`authorization: Bearer` or
 `x-api-key` metadata), the request id (`x-request-id`, echoed in trailing metadata), metrics
 and the access log line.
 
@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -50,26 +50,38 @@ OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 READINESS_POLL_SECONDS = 0.5
 
 
-class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class CallRecorder:
+    """Wraps each unary method handler once, when it is registered, with what the REST
+    middleware does per request: API keys, the request id, metrics and the access log line.
+
+    Not a `grpc.aio.ServerInterceptor`: grpc.aio runs an interceptor for every call, which then
+    builds a new method handler for it; that cost 17% of single-image throughput at
+    concurrency 64 (A B A B, h2load), wrapping at registration costs nothing per call.
+    """
+
     def __init__(self, metrics: Metrics, api_keys: list[str], admin_keys: list[str]) -> None:
         self.metrics = metrics
         self.keys = [k.encode() for k in [*api_keys, *admin_keys]]
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[Any], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None or handler.unary_unary is None:
+    def register(
+        self, server: grpc.aio.Server, add_to_server: Callable[..., None], servicer: Any
+    ) -> None:
+        """`add_to_server(servicer, server)`, the generated registration, with every unary
+        handler wrapped."""
+        add_to_server(servicer, _WrappingRegistry(server, self.wrap))
+
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        if handler.unary_unary is None:
             return handler
-        method: str = details.method
         inner = handler.unary_unary
-        guarded = self.keys and not method.startswith(OPEN_SERVICES)
+        guarded = bool(self.keys) and not method.startswith(OPEN_SERVICES)
+        counted = self.metrics.grpc_requests
+        by_code: dict[grpc.StatusCode, Any] = {}
+        duration = self.metrics.grpc_duration.labels(method)
 
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
-            metadata = {k: v for k, v in (context.invocation_metadata() or ())}
+            metadata = dict(context.invocation_metadata() or ())
             request_id = new_request_id(metadata.get("x-request-id"))
             context.set_trailing_metadata((("x-request-id", request_id),))
             try:
@@ -78,16 +90,20 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 return await inner(request, context)
             finally:
                 code = context.code() or grpc.StatusCode.OK
-                name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+                if not isinstance(code, grpc.StatusCode):
+                    code = grpc.StatusCode.UNKNOWN
                 elapsed = time.perf_counter() - started
-                self.metrics.grpc_requests.labels(method, name).inc()
-                self.metrics.grpc_duration.labels(method).observe(elapsed)
+                counter = by_code.get(code)
+                if counter is None:
+                    counter = by_code[code] = counted.labels(method, code.name)
+                counter.inc()
+                duration.observe(elapsed)
                 access_log.info(
                     "grpc",
                     extra={
                         "request_id": request_id,
                         "method": method,
-                        "code": name,
+                        "code": code.name,
                         "latency_ms": round(elapsed * 1000, 3),
                     },
                 )
@@ -108,6 +124,31 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 if key is None
                 else "the API key is not valid",
             )
+
+
+class _WrappingRegistry:
+    """What the generated `add_*_to_server` functions see as the server: they register each
+    service twice (generic and pre-registered handlers); both get the wrapped handlers."""
+
+    def __init__(
+        self,
+        server: grpc.aio.Server,
+        wrap: Callable[[str, grpc.RpcMethodHandler], grpc.RpcMethodHandler],
+    ) -> None:
+        self.server = server
+        self.wrap = wrap
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        """Covered by `add_registered_method_handlers`, which gets the same methods by name."""
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        wrapped = {name: self.wrap(f"/{service}/{name}", h) for name, h in handlers.items()}
+        self.server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(service, wrapped),)
+        )
+        self.server.add_registered_method_handlers(service, wrapped)
 
 
 class ReadinessHealth(health_aio.HealthServicer):  # type: ignore[misc]
@@ -134,7 +175,6 @@ class GrpcServer:
         self.plane = plane
         message_bytes = settings.grpc_max_message_bytes
         self.server = grpc.aio.server(
-            interceptors=[CallInterceptor(metrics, settings.api_keys, settings.admin_api_keys)],
             options=[
                 ("grpc.max_receive_message_length", message_bytes),
                 ("grpc.max_send_message_length", message_bytes),
@@ -142,15 +182,21 @@ class GrpcServer:
                 ("grpc.so_reuseport", int(settings.workers > 1)),
             ],
         )
-        inference_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceService(plane, settings), self.server
-        )
-        tfserving_grpc.add_PredictionServiceServicer_to_server(
-            PredictionService(plane, settings), self.server
-        )
-        tfserving_grpc.add_ModelServiceServicer_to_server(ModelService(plane), self.server)
+        recorder = CallRecorder(metrics, settings.api_keys, settings.admin_api_keys)
         self.health = ReadinessHealth(plane)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        for add_to_server, servicer in (
+            (
+                inference_grpc.add_GRPCInferenceServiceServicer_to_server,
+                InferenceService(plane, settings),
+            ),
+            (
+                tfserving_grpc.add_PredictionServiceServicer_to_server,
+                PredictionService(plane, settings),
+            ),
+            (tfserving_grpc.add_ModelServiceServicer_to_server, ModelService(plane)),
+            (health_pb2_grpc.add_HealthServicer_to_server, self.health),
+        ):
+            recorder.register(self.server, add_to_server, servicer)
         reflection.enable_server_reflection(
             (INFERENCE_SERVICE, *TFSERVING_SERVICES,
              health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),

@@ -146,3 +146,38 @@ def test_metadata_and_status(tfs: Any, server: tuple[LiveServer, str]) -> None:
     with pytest.raises(grpc.RpcError) as missing:
         tfs.models.ModelServiceStub(channel).GetModelStatus(status_request)
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_every_service_is_logged_counted_and_echoes_the_request_id(
+    tfs: Any, server: tuple[LiveServer, str], digits: np.ndarray
+) -> None:
+    """Each service's calls are wrapped when registered, not by an interceptor: the TF Serving
+    services and health must be wrapped as the V2 service is."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    live, target = server
+    channel = grpc.insecure_channel(target)
+    calls = {
+        "/tensorflow.serving.PredictionService/Predict": tfs.prediction.PredictionServiceStub(
+            channel
+        ).Predict.with_call(
+            predict_request(tfs, digits[:1, ..., None].astype(np.float32)),
+            metadata=(("x-request-id", "tfs-predict-1"),),
+        ),
+        "/grpc.health.v1.Health/Check": health_pb2_grpc.HealthStub(channel).Check.with_call(
+            health_pb2.HealthCheckRequest(service=""),
+            metadata=(("x-request-id", "health-check-1"),),
+        ),
+    }
+    logs = live.logs()
+    with live.client() as http:
+        metrics = http.get("/metrics").text
+    for method, (_, call) in calls.items():
+        request_id = dict(call.trailing_metadata())["x-request-id"]
+        assert request_id in ("tfs-predict-1", "health-check-1")
+        assert f'"request_id":"{request_id}"' in logs
+        assert any(
+            line.startswith("grpc_requests_total{") and f'method="{method}"' in line
+            for line in metrics.splitlines()
+            if 'code="OK"' in line
+        ), method
