@@ -82,21 +82,23 @@ def to_number_array(values: Any, field: str, check_booleans: bool = True) -> npt
 
 def check_pixels(array: npt.NDArray[Any], field: str) -> npt.NDArray[np.float32]:
     images = array.astype(np.float32, copy=False)
+    if array.dtype == np.uint8:  # 0-255 by its type
+        return images
+    low, high = images.min(), images.max()
+    if low >= 0 and high <= 255:  # NaN fails both tests, and an infinity the second
+        return images
     if array.dtype.kind == "f" and not np.isfinite(images).all():
         index = np.unravel_index(int(np.argmax(~np.isfinite(images))), images.shape)
         raise InvalidInput(
             f"'{field}' image {index[0]} holds {images[index]}: NaN and Infinity are not pixel "
             "values (0-255)"
         )
-    low, high = images.min(), images.max()
-    if low < 0 or high > 255:
-        bad = np.argmax((images < 0) | (images > 255))
-        index = np.unravel_index(int(bad), images.shape)
-        raise InvalidInput(
-            f"'{field}' image {index[0]} has value {images[index]:g} at row {index[1]}, "
-            f"column {index[2]}; pixels must be in 0-255 (0 background, 255 ink)"
-        )
-    return images
+    bad = np.argmax((images < 0) | (images > 255))
+    index = np.unravel_index(int(bad), images.shape)
+    raise InvalidInput(
+        f"'{field}' image {index[0]} has value {images[index]:g} at row {index[1]}, "
+        f"column {index[2]}; pixels must be in 0-255 (0 background, 255 ink)"
+    )
 
 
 def _describe_irregularity(values: Any, field: str) -> str:
