@@ -6,10 +6,12 @@ the in-process ceiling of the same run.
 The gRPC load generator, pinned to the other core, sends the same pre-serialised request back to
 back for `--seconds` on one HTTP/2 connection (as one client channel does), `concurrency` calls
 at a time. It is h2load (Debian's nghttp2-client) when installed: compiled, like wrk on the REST
-side. The `grpc.aio` client (`--generator python`) saturates its own core first: 32-image
-requests measured 67-76% of the model's ceiling through it and 88% through h2load, against the
-same server. h2load reads HTTP statuses, not gRPC's, so every run also counts the server's
-`grpc_requests_total` by code, and any call not OK is reported as an error.
+side. The `grpc.aio` client (`--generator python`) gives the same throughput (A B A B against
+one server, 2026-11-25: 2,935 vs 2,845 requests/s at concurrency 64, 6,189 vs 6,272 images/s
+with 32-image requests) but adds its own ~0.12 ms to every call (p50 at concurrency 1: 0.67 vs
+0.55 ms), which wrk does not add to the REST figure. h2load reads HTTP statuses, not gRPC's,
+so every run also counts the server's `grpc_requests_total` by code, and any call not OK is
+reported as an error.
 
 Figures: single images at concurrency 1 and 64, 32-image requests at concurrency 8; REST: the
 same single image as JSON to `/v1/predict` with wrk. Medians of `--repeats` runs, gRPC and REST
@@ -119,6 +121,7 @@ def h2load(target: str, body: Path, concurrency: int, seconds: int, core: str) -
     framed = body.with_suffix(".grpc")
     framed.write_bytes(b"\0" + len(message).to_bytes(4, "big") + message)
     log = body.with_suffix(".log")
+    log.unlink(missing_ok=True)  # h2load appends
     command = ["taskset", "-c", core, "h2load", "-c", "1", "-m", str(concurrency)]
     command += ["-D", str(seconds), "--warm-up-time", "1", "-d", str(framed), f"--log-file={log}"]
     command += ["-H", "content-type: application/grpc", "-H", "te: trailers"]
