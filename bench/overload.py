@@ -5,9 +5,12 @@ The server (`mnist-serve`, defaults: 1 s budget per request) runs pinned to one 
 script (the load generator) to the other. First the capacity: 32-image requests from 8
 closed-loop clients. Then requests arrive at a constant 1x, 2x and 5x that rate for 30 s each
 (`bench/openloop.py`; latency counts from when a request was due). For each: accepted
-throughput, p50/p99 of the accepted, share refused and how fast refusals come back, RSS. After
-the 5x phase, load drops to 0.5x at once and the p99 of each following half second shows how fast
-latency recovers. One line per figure.
+throughput, p50/p99 of the accepted, share refused and how fast refusals come back, RSS. The
+capacity is measured again just before each phase (its rate is a multiple of that) and just
+after it, and the accepted share is of their mean: over a run of minutes this shared machine's
+speed drifts by more than the margins measured here. After the 5x phase, load drops to 0.5x at
+once and the p99 of each following half second shows how fast latency recovers. One line per
+figure.
 
     python bench/overload.py --model-repository models
 """
@@ -73,6 +76,12 @@ async def overload_then_recover(
     return storm, calm
 
 
+def measured_capacity(request: bytes, port: int, seconds: float = 8) -> float:
+    """Requests/s answered 200 to 8 closed-loop clients."""
+    run = asyncio.run(closed_loop(HOST, port, request, 8, seconds))
+    return sum(o.status == 200 for o in run) / seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model-repository", type=Path, default=Path("models"))
@@ -105,8 +114,7 @@ def main() -> None:
     print(f"ceiling batch={args.images} images_per_s={ceiling:.0f}", flush=True)
     with served(args.model_repository, port, args.server_core, runtime=args.runtime) as server:
         asyncio.run(closed_loop(HOST, port, request, 8, 3))  # warm
-        runs = [asyncio.run(closed_loop(HOST, port, request, 8, 8)) for _ in range(3)]
-        capacity = statistics.median(sum(o.status == 200 for o in run) / 8 for run in runs)
+        capacity = statistics.median(measured_capacity(request, port) for _ in range(3))
         print(
             f"capacity closed_loop_clients=8 requests_per_s={capacity:.1f} "
             f"images_per_s={capacity * args.images:.0f} "
@@ -121,11 +129,20 @@ def main() -> None:
         baseline_p99 = percentile([o.latency for o in baseline if o.status == 200], 99)
         for factor in (float(f) for f in args.factors.split(",")):
             time.sleep(2)
+            before = measured_capacity(request, port)
+            time.sleep(1)
             (storm, stall), calm = asyncio.run(
-                overload_then_recover(request, port, factor * capacity, args.seconds, calm_rate)
+                overload_then_recover(request, port, factor * before, args.seconds, calm_rate)
             )
             name = f"open_loop factor={factor:g}"
             print(summarise(name, storm, args.seconds, rss_mib(server.pid), stall), flush=True)
+            after = measured_capacity(request, port)
+            accepted = sum(o.status == 200 for o in storm) / args.seconds
+            print(
+                f"share factor={factor:g} capacity_before={before:.1f} capacity_after={after:.1f} "
+                f"accepted_share_of_capacity={accepted / ((before + after) / 2):.3f}",
+                flush=True,
+            )
             windows = []
             for start in (0.0, 0.5, 1.0, 2.0):
                 stop = start + (0.5 if start < 1 else 1.0)
