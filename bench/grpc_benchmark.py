@@ -44,6 +44,7 @@ from bench.harness import (  # noqa: E402
     served,
     wrk,
 )
+from bench.openloop import percentile  # noqa: E402
 
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
 LOADS = (("single", 1, 1), ("single", 1, 64), ("batch32", 32, 8))
@@ -128,13 +129,13 @@ def h2load(target: str, body: Path, concurrency: int, seconds: int, core: str) -
     command += [f"http://{target}{METHOD}"]
     subprocess.run(command, check=True, capture_output=True)
     rows = [line.split("\t") for line in log.read_text().splitlines()]
-    latencies = sorted(int(row[2]) / 1000 for row in rows)
+    latencies = [int(row[2]) / 1000 for row in rows]
     return {
         "requests": len(latencies),
         "seconds": seconds,
         "errors": sum(row[1] != "200" for row in rows),
-        "p50_ms": latencies[len(latencies) // 2],
-        "p99_ms": latencies[int(len(latencies) * 0.99)],
+        "p50_ms": percentile(latencies, 50),
+        "p99_ms": percentile(latencies, 99),
     }
 
 
