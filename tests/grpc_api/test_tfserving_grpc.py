@@ -158,23 +158,24 @@ def test_every_service_is_logged_counted_and_echoes_the_request_id(
     live, target = server
     channel = grpc.insecure_channel(target)
     calls = {
-        "/tensorflow.serving.PredictionService/Predict": tfs.prediction.PredictionServiceStub(
-            channel
-        ).Predict.with_call(
-            predict_request(tfs, digits[:1, ..., None].astype(np.float32)),
-            metadata=(("x-request-id", "tfs-predict-1"),),
+        ("/tensorflow.serving.PredictionService/Predict", "tfs-predict-1"): (
+            tfs.prediction.PredictionServiceStub(channel).Predict.with_call(
+                predict_request(tfs, digits[:1, ..., None].astype(np.float32)),
+                metadata=(("x-request-id", "tfs-predict-1"),),
+            )
         ),
-        "/grpc.health.v1.Health/Check": health_pb2_grpc.HealthStub(channel).Check.with_call(
-            health_pb2.HealthCheckRequest(service=""),
-            metadata=(("x-request-id", "health-check-1"),),
+        ("/grpc.health.v1.Health/Check", "health-check-1"): (
+            health_pb2_grpc.HealthStub(channel).Check.with_call(
+                health_pb2.HealthCheckRequest(service=""),
+                metadata=(("x-request-id", "health-check-1"),),
+            )
         ),
     }
     logs = live.logs()
     with live.client() as http:
         metrics = http.get("/metrics").text
-    for method, (_, call) in calls.items():
-        request_id = dict(call.trailing_metadata())["x-request-id"]
-        assert request_id in ("tfs-predict-1", "health-check-1")
+    for (method, request_id), (_, call) in calls.items():
+        assert dict(call.trailing_metadata())["x-request-id"] == request_id
         assert f'"request_id":"{request_id}"' in logs
         assert any(
             line.startswith("grpc_requests_total{") and f'method="{method}"' in line
