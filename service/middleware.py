@@ -186,14 +186,19 @@ def _route_template(scope: Scope) -> str:
             if match != Match.NONE:
                 template = str(getattr(candidate, "path", "unmatched"))
                 break
-        if len(_templates) >= _TEMPLATES_CACHED:  # paths are the client's: keep it bounded
-            _templates.clear()
-        _templates[scope["method"], scope["path"]] = template
+        remember_template(scope["method"], scope["path"], template)
     return template
 
 
+def remember_template(method: str, path: str, template: str) -> None:
+    if len(_templates) >= _TEMPLATES_CACHED:  # paths are the client's: keep it bounded
+        _templates.clear()
+    _templates[method, path] = template
+
+
 def known_template(method: str, path: str) -> str | None:
-    """The route template of a request answered before routing before, if remembered."""
+    """The route template of a request answered before routing before, or routed by
+    service.fastlane, if remembered."""
     return _templates.get((method, path))
 
 
