@@ -46,6 +46,7 @@ from service.errors import (
     DeadlineExceeded,
     InferenceFailed,
     Overloaded,
+    ServingError,
     VersionUnloading,
 )
 
@@ -304,26 +305,35 @@ class DynamicBatcher:
         self._arrived.set()
         watcher: asyncio.Future[Any] | None = None
         timer: asyncio.TimerHandle | None = None
-        if abandoned is not None:
 
-            def client_gone(task: asyncio.Future[Any]) -> None:
-                if not task.cancelled() and not pending.future.done():
-                    self._forget(pending, "client_disconnected")
+        def expire() -> None:
+            if not pending.future.done():
+                budget_ms = f"{budget * 1000:.0f}"
+                error = DeadlineExceeded(f"request not answered within its {budget_ms} ms budget")
+                self._forget(pending, "deadline", error)
 
-            def watch() -> None:
-                nonlocal watcher
-                if not pending.future.done():
-                    watcher = asyncio.ensure_future(abandoned())
-                    watcher.add_done_callback(client_gone)
+        def client_gone(task: asyncio.Future[Any]) -> None:
+            if not task.cancelled() and not pending.future.done():
+                self._forget(pending, "client_disconnected")
 
+        def watch() -> None:
+            """Start listening for the client's disconnect, then wait out the budget's rest."""
+            nonlocal watcher, timer
+            assert abandoned is not None
+            if pending.future.done():  # answered; its caller has not resumed yet
+                return
+            watcher = asyncio.ensure_future(abandoned())
+            watcher.add_done_callback(client_gone)
+            timer = loop.call_later(max(0.0, pending.deadline - time.monotonic()), expire)
+
+        # One timer at a time, rather than `asyncio.wait_for` beside a watch timer: most
+        # requests are answered within WATCH_AFTER and never start the second.
+        if abandoned is not None and budget > WATCH_AFTER:
             timer = loop.call_later(WATCH_AFTER, watch)
+        else:
+            timer = loop.call_later(budget, expire)
         try:
-            return await asyncio.wait_for(pending.future, budget)
-        except TimeoutError:
-            self._forget(pending, "deadline")
-            raise DeadlineExceeded(
-                f"request not answered within its {budget * 1000:.0f} ms budget"
-            ) from None
+            return await pending.future
         except asyncio.CancelledError:
             self._forget(pending, "cancelled")
             raise
@@ -333,9 +343,12 @@ class DynamicBatcher:
             if watcher is not None:
                 watcher.cancel()
 
-    def _forget(self, pending: _Pending, reason: str | None) -> None:
+    def _forget(
+        self, pending: _Pending, reason: str | None, error: ServingError | None = None
+    ) -> None:
         """Nobody waits for this request any more (`reason`), or it failed: what it had not
-        handed to the model leaves the queue's count at once, and never reaches the model."""
+        handed to the model leaves the queue's count at once, and never reaches the model.
+        Its caller, if still waiting, gets `error` (by default, the reason's)."""
         if pending.forgotten:
             return
         pending.forgotten = True
@@ -344,11 +357,13 @@ class DynamicBatcher:
         if reason is not None:
             self._observer.dropped(reason)
         if not pending.future.done():
-            pending.future.set_exception(
-                ClientGone("client disconnected")
-                if reason == "client_disconnected"
-                else DeadlineExceeded("request expired in the queue")
-            )
+            if error is None:
+                error = (
+                    ClientGone("client disconnected")
+                    if reason == "client_disconnected"
+                    else DeadlineExceeded("request expired in the queue")
+                )
+            pending.future.set_exception(error)
 
     async def _run(self) -> None:
         while True:

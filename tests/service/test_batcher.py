@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from service.batcher import DynamicBatcher, NullObserver
+from service.batcher import WATCH_AFTER, DynamicBatcher, NullObserver
 from service.cost import CostModel
 from service.errors import (
     ClientGone,
@@ -368,6 +368,29 @@ def test_a_request_whose_client_left_never_reaches_the_model() -> None:
     run(scenario())
     assert 666.0 not in model.seen
     assert observer.counts == {"accepted": 2, "client_disconnected": 1}
+
+
+def test_a_request_listening_for_its_client_still_gets_its_504_at_the_deadline() -> None:
+    """Past WATCH_AFTER the request's one timer becomes the disconnect listener's; the deadline
+    must still come after it, and count once."""
+    model = RecordingModel()
+    model.release.clear()  # hangs until released
+    observer = CountingObserver()
+
+    async def scenario() -> None:
+        batcher = DynamicBatcher(model, max_batch_size=1, max_batch_delay=0, observer=observer)
+        batcher.start()
+        client_stays = asyncio.Event()
+        budget = WATCH_AFTER + 0.1
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded, match="within its 150 ms budget"):
+            await batcher.submit(images(1), budget, abandoned=client_stays.wait)
+        assert budget <= time.monotonic() - started < budget + 0.1
+        model.release.set()
+        await batcher.close()
+
+    run(scenario())
+    assert observer.counts == {"accepted": 1, "deadline": 1}
 
 
 def test_a_hung_model_call_bounds_waits_refusals_and_close() -> None:
