@@ -79,6 +79,9 @@ def takes_plain_parameters(route: APIRoute) -> bool:
         or dependant.request_param_name is None
         or dependant.response_param_name is not None
         or dependant.background_tasks_param_name is not None
+        or dependant.http_connection_param_name is not None
+        or dependant.websocket_param_name is not None
+        or dependant.security_scopes_param_name is not None
     ):
         return False
     returns = typing.get_type_hints(route.endpoint).get("return")

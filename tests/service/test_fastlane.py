@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import io
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
 import numpy as np
 import pytest
+from fastapi import APIRouter, Depends, Header
 from fastapi.routing import APIRoute
+from starlette.requests import Request
+from starlette.responses import Response
 
 from service.app import ServingApp, create_app
 from service.auth import ApiKeys
@@ -202,6 +206,62 @@ def test_a_route_that_needs_fastapi_cannot_take_the_lane(app: ServingApp) -> Non
         lane.take(upload)
     lane.take(routes["/v2/models/{name}/infer"])
     assert lane.templates == {"/v2/models/{name}/infer"}
+
+
+def _route_of(endpoint: Callable[..., Any], path: str = "/x/{name}") -> APIRoute:
+    router = APIRouter()
+    router.add_api_route(path, endpoint, methods=["POST"])
+    route = router.routes[0]
+    assert isinstance(route, APIRoute)
+    return route
+
+
+async def plain(request: Request, name: str, version: str | None = None) -> Response:
+    return Response()
+
+
+async def typed_path(request: Request, name: int) -> Response:
+    return Response()
+
+
+async def required_query(request: Request, name: str, version: str) -> Response:
+    return Response()
+
+
+async def with_dependency(
+    request: Request, name: str, user: Annotated[str, Depends(lambda: "u")]
+) -> Response:
+    return Response()
+
+
+async def with_header(request: Request, name: str, x_token: Annotated[str, Header()]) -> Response:
+    return Response()
+
+
+async def returns_data(request: Request, name: str) -> dict[str, str]:
+    return {}
+
+
+async def without_request(name: str) -> Response:
+    return Response()
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "plain_enough"),
+    [
+        (plain, True),
+        (typed_path, False),
+        (required_query, False),
+        (with_dependency, False),
+        (with_header, False),
+        (returns_data, False),
+        (without_request, False),
+    ],
+)
+def test_only_endpoints_fastapi_adds_nothing_to_take_plain_parameters(
+    endpoint: Callable[..., Any], plain_enough: bool
+) -> None:
+    assert takes_plain_parameters(_route_of(endpoint)) is plain_enough
 
 
 def test_the_requests_above_cover_every_route_on_the_lane(
