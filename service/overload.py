@@ -10,7 +10,9 @@ earlier, in two places:
   two thirds of what it costs as ASGI middleware, and it is answered at once rather than after
   the tasks already waiting in the event loop.
 - `OverloadGuard`, ASGI middleware ahead of FastAPI's routing, for what the early path leaves:
-  servers without that protocol, pipelined requests, the first refusal of each path.
+  servers without that protocol, pipelined requests, the first refusal of each path. Requests
+  on the fast lane (`service.fastlane`) skip it: with no routing to save, the route's own
+  admission refuses them as early, before their body is read.
 
 Both apply when one version serves (the common case), where every inference route would land on
 the same queue; with several versions the routes decide.
