@@ -167,7 +167,8 @@ def test_corrupt_and_untrained_versions_are_refused_and_the_old_keeps_serving(
     corrupt = repository / "mnist" / "2"
     shutil.copytree(repository / "mnist" / "1", corrupt)
     (corrupt / "saved_model.pb").write_bytes(b"not a protobuf")
-    httpx.post(server.url + "/v1/admin/reload")
+    with server.client() as client:  # a reload waits for the load and the gate: seconds
+        client.post("/v1/admin/reload")
     state = status_of(server, 2)
     assert state["state"] == "END"
     assert "cannot load the SavedModel" in state["status"]["error_message"]  # type: ignore[index]
@@ -184,7 +185,8 @@ def test_corrupt_and_untrained_versions_are_refused_and_the_old_keeps_serving(
         {"test_accuracy": recorded["test_accuracy"]},
         samples,
     )
-    reloaded = httpx.post(server.url + "/v1/admin/reload").json()
+    with server.client() as client:
+        reloaded = client.post("/v1/admin/reload").json()
     assert reloaded["served_versions"] == [1]
     gate = status_of(server, 3)
     assert "correctness gate failed" in gate["status"]["error_message"]  # type: ignore[index]
