@@ -4,7 +4,9 @@ Admission needs to know, before a request is queued, when it would be answered. 
 duration is close to linear in its batch size, t(n) = a + b*n: a fixed cost per call (TensorFlow's
 dispatch, ~0.3-0.6 ms here) and a cost per image. Both are fitted by least squares over the recent
 calls, each weighted by recency, so the estimate follows a slower neighbour or a new version
-within a few dozen calls. Seeded with the warm-up's timings, it is right from the first request.
+within a few dozen calls (the batcher learns a slower call only when no request was refused
+around it: `DynamicBatcher._learn`). Seeded with the warm-up's timings, it is right from the
+first request.
 """
 
 from __future__ import annotations

@@ -310,6 +310,40 @@ def test_time_the_batcher_sat_idle_is_not_learnt_as_model_time() -> None:
     assert model.seen == [1.0, 3.0]
 
 
+@pytest.mark.parametrize("refused_meanwhile", [False, True])
+def test_a_slow_call_amid_refusals_does_not_raise_the_forecast(refused_meanwhile: bool) -> None:
+    """Refusing takes the event loop's time on the core the model shares, so calls amid
+    refusals run longer. Learning that as model time made the forecast refuse more, which made
+    calls longer still: 8 clients resending refused requests at once were refused for seconds
+    (bench/mix_change.py). A slow call is learnt only when nothing was refused around it."""
+    model = RecordingModel()
+
+    async def scenario() -> float:
+        batcher = DynamicBatcher(
+            model, max_batch_size=1, max_batch_delay=0, cost=CostModel([(1, 0.001)])
+        )
+        batcher.start()
+        await batcher.submit(images(0), 5)
+        model.release.clear()
+        slow = asyncio.ensure_future(batcher.submit(images(1), 5))
+        await asyncio.sleep(0.01)  # its call has started
+        if refused_meanwhile:
+            with pytest.raises(Overloaded):
+                batcher.admit(1, 0.0001)  # too late for a 0.1 ms budget
+        await asyncio.sleep(0.2)
+        model.release.set()
+        await slow
+        learnt = batcher.cost.seconds(1, 1)
+        await batcher.close()
+        return learnt
+
+    learnt = run(scenario())
+    if refused_meanwhile:
+        assert learnt < 0.005  # the 200 ms call was not learnt
+    else:
+        assert learnt > 0.05  # it was
+
+
 def test_an_idle_batcher_admits_whatever_its_forecast_says() -> None:
     """Admission refuses on a forecast learnt from the calls it lets through. With nothing queued
     or running there is nothing to wait for, so it admits: otherwise one bad forecast refuses
