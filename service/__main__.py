@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -93,9 +94,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    metrics_dir = None
     if settings.workers > 1 and not os.environ.get(MULTIPROC_ENV):
-        # Workers share their metrics through files; a fresh directory per server run.
-        os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="mnist-serving-metrics-")
+        # Workers share their metrics through files; a fresh directory per server run, removed
+        # when the run ends (a directory the operator set is theirs to keep).
+        metrics_dir = tempfile.mkdtemp(prefix="mnist-serving-metrics-")
+        os.environ[MULTIPROC_ENV] = metrics_dir
 
     import uvicorn
 
@@ -123,6 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         # uvicorn raises Ctrl-C again once it has shut down cleanly: no traceback for that.
         return 130
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 

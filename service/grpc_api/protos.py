@@ -4,11 +4,14 @@ protoc (grpcio-tools) runs in a child process and writes the modules into a temp
 directory, so no generated file is kept in the repository and the messages always match the
 .proto beside this file. A child process, because protoc's C++ protobuf and TensorFlow's, in
 one process, crash it (seen as a silent exit while TensorFlow was loading in another thread).
+The directory is removed once the modules are imported: every server process compiles its own,
+and a host that restarts the server for months would otherwise collect one per start.
 """
 
 from __future__ import annotations
 
 import importlib
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -22,6 +25,17 @@ def compile_proto(
     """`module`_pb2 and `module`_pb2_grpc, compiled from `source`; `descriptor_set`: the
     compiled descriptors of the files it imports that are not on disk."""
     out = Path(tempfile.mkdtemp(prefix=f"mnist-{module}-"))
+    try:
+        return _compile_and_import(source, module, descriptor_set, out)
+    finally:
+        if str(out) in sys.path:
+            sys.path.remove(str(out))
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def _compile_and_import(
+    source: Path, module: str, descriptor_set: bytes | None, out: Path
+) -> tuple[Any, Any]:
     (out / f"{module}.proto").write_text(source.read_text())
     arguments = [f"--proto_path={out}", f"--python_out={out}", f"--grpc_python_out={out}"]
     if descriptor_set is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import concurrent.futures
 import http.client
 import json
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import LiveServer, copy_version
+from tests.conftest import LiveServer, copy_version, free_port, stop_server
 
 Start = Callable[..., LiveServer]
 
@@ -335,6 +336,22 @@ def test_metrics_cover_every_worker(start_server: Start, trained_repository: Pat
     for _ in range(4):  # whichever worker answers the scrape, it reports both
         text = scrape(server)
         assert metric(text, "http_requests_total", route="/v1/predict", status="200") == 40
+
+
+def test_a_stopped_server_leaves_only_its_runtime_cache_behind(
+    start_server: Start, trained_repository: Path, tmp_path: Path
+) -> None:
+    """Every start of a worker compiles the gRPC messages and a multi-worker run shares its
+    metrics through files: a host that restarts the server for months must not collect them."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    server = start_server(
+        trained_repository, MNIST_WORKERS="2", MNIST_GRPC_PORT=str(free_port()), TMPDIR=str(scratch)
+    )
+    assert any(scratch.iterdir())  # the directory is the one the server uses
+    stop_server(server)
+    assert server.process.returncode == 0, server.logs()[-2000:]
+    assert [path.name for path in scratch.iterdir()] == [f"mnist-serving-tflite-{os.getuid()}"]
 
 
 def test_openapi_documents_the_apis_with_examples(served_model: LiveServer) -> None:
