@@ -10,8 +10,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from training.config import ModelConfig, TrainConfig
-from training.data import MnistDataError, ProgressSink, load_mnist
+from training.data import MNIST_TRAIN_IMAGES, MnistDataError, ProgressSink, load_mnist
 from training.export import existing_versions
+from training.extra_data import ExtraConfig
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[TrainConfig, bool]:
@@ -32,7 +33,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[TrainConfig, bool]:
     data.add_argument("--model-repository", type=Path, default=defaults.model_repository)
     data.add_argument("--model-name", default=defaults.model_name)
     data.add_argument(
-        "--limit", type=int, default=None, help="train on the first N training images only"
+        "--limit",
+        type=int,
+        default=None,
+        help="train on the first N training images only (the rendered extras shrink in "
+        "proportion, so the mix stays the full run's)",
     )
     data.add_argument("--validation-split", type=float, default=defaults.validation_split)
     data.add_argument("--no-reports", action="store_true", help="skip the PNG reports")
@@ -102,7 +107,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[TrainConfig, bool]:
         seed=args.seed,
         validation_split=args.validation_split,
         augment=args.augment,
-        extra=defaults.extra if args.extra_data else None,
+        extra=_extras(defaults.extra, args.limit) if args.extra_data else None,
         clean_epochs=args.clean_epochs,
         ema=args.ema,
         limit=args.limit,
@@ -131,6 +136,11 @@ class _TqdmSink(ProgressSink):
 
     def close(self) -> None:
         self._bar.close()
+
+
+def _extras(defaults: ExtraConfig | None, limit: int | None) -> ExtraConfig:
+    extra = defaults or ExtraConfig()
+    return extra if limit is None else extra.shrunk(min(1.0, limit / MNIST_TRAIN_IMAGES))
 
 
 def _duration(seconds: float) -> str:

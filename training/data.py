@@ -30,6 +30,9 @@ FILES: dict[str, str] = {
 
 # sha256 of each file after decompression: the canonical values other projects pin too, so the
 # check holds whatever the compression (mirrors' gzip wrappings differ byte for byte).
+MNIST_TRAIN_IMAGES = 60_000
+"""Images in the standard training set."""
+
 CANONICAL_SHA256: dict[str, str] = {
     "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
     "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",

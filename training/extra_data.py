@@ -25,7 +25,7 @@ import logging
 import multiprocessing
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -61,6 +61,23 @@ class ExtraConfig:
     report_per_drawn_style: int = 8
     report_not_digits_per_kind: int = 40
     """Held-out digits and not-a-digit pictures for the figures written at export."""
+
+    def shrunk(self, fraction: float) -> ExtraConfig:
+        """The training extras cut to `fraction` (at least one of each kind that has any), for a
+        run on that fraction of MNIST (`--limit`): the mix stays the full run's, and a quick run
+        does not spend a minute rendering thousands of pictures for a thousand digits. The
+        calibration and report pictures stay: they are few, and the figures need them."""
+
+        def cut(count: int) -> int:
+            return 0 if count == 0 else max(1, round(count * fraction))
+
+        return replace(
+            self,
+            per_font_digit=cut(self.per_font_digit),
+            per_drawn_style=cut(self.per_drawn_style),
+            not_digit_letters_per_family=cut(self.not_digit_letters_per_family),
+            not_digits_per_kind=cut(self.not_digits_per_kind),
+        )
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import tensorflow as tf
 from tests.conftest import tiny_train_config
 from training import export
 from training.data import MnistSplits
+from training.extra_data import ExtraConfig, LabelledImages
 from training.train import run
 
 
@@ -129,7 +130,6 @@ def test_the_clean_epochs_see_the_digits_as_they_are(
 ) -> None:
     """Augmented and perturbed epochs first, then `clean_epochs` of the unchanged images (and the
     extras), in one stream of equal epochs; with nothing distorted, every epoch is clean."""
-    from training.extra_data import ExtraConfig, LabelledImages
     from training.train import make_datasets
 
     extras = LabelledImages(np.full((6, 28, 28), 200, np.uint8), np.full((6, 10), 0.1, np.float32))
@@ -168,3 +168,22 @@ def test_the_clean_epochs_flag(capsys: pytest.CaptureFixture[str]) -> None:
         parse_args(["--clean-epochs", "-1"])
     assert exit_info.value.code == 2
     assert "--clean-epochs must be 0 or more" in capsys.readouterr().err
+
+
+def test_a_limited_run_renders_its_share_of_the_extras() -> None:
+    """`--limit` is for quick runs: the extras shrink with MNIST, so the mix stays the full
+    run's (a thousand digits beside 8,600 rendered pictures took a minute to render and taught
+    mostly fonts)."""
+    from training.__main__ import parse_args
+
+    full = ExtraConfig()
+    assert parse_args([])[0].extra == full
+    assert parse_args(["--limit", "60000"])[0].extra == full
+    half = parse_args(["--limit", "30000"])[0].extra
+    assert half is not None
+    assert (half.per_drawn_style, half.not_digits_per_kind) == (50, 200)
+    assert half.calibration_per_font_digit == full.calibration_per_font_digit
+    tiny = parse_args(["--limit", "10"])[0].extra
+    assert tiny is not None
+    assert (tiny.per_font_digit, tiny.per_drawn_style, tiny.not_digits_per_kind) == (1, 1, 1)
+    assert parse_args(["--limit", "10", "--no-extra-data"])[0].extra is None
