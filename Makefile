@@ -55,7 +55,7 @@ run: $(STAMP)
 		echo "== Model found in $(MODELS)/$(MODEL_NAME): serving it (make train adds a version)"; \
 	else \
 		echo "== No model in $(MODELS)/$(MODEL_NAME) yet: training one first, then serving it."; \
-		echo "   The default CNN takes about 9 minutes on 2 CPU cores; progress follows."; \
+		echo "   The default CNN takes 6 to 25 minutes on 2 CPU cores (machines differ); progress follows."; \
 		$(BIN)/mnist-train --model-repository $(MODELS) --model-name $(MODEL_NAME) $(TRAIN_FLAGS) \
 			|| exit 1; \
 	fi

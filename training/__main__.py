@@ -187,8 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     images = len(splits.train_labels) if config.limit is None else config.limit
     print(
-        f"Training for {config.epochs} epochs on {images:,} images (with the defaults 6 to 9 "
-        "minutes on 2 CPU cores; the time left is printed after each epoch)",
+        f"Training for {config.epochs} epochs on {images:,} images (with the defaults 6 to 25 "
+        "minutes on 2 CPU cores, as machines differ; the time left is printed after each epoch)",
         flush=True,
     )
     try:
