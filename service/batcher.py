@@ -256,8 +256,7 @@ class DynamicBatcher:
                 "the model version is being unloaded", {"Retry-After": str(self._retry_after)}
             )
         if self._queued_images + images > self.max_queue_images:
-            self._refusals += 1
-            self._observer.rejected("queue_full")
+            self._refused("queue_full")
             raise Overloaded(
                 f"server overloaded: {self._queued_images} images queued, limit "
                 f"{self.max_queue_images}; retry later",
@@ -270,8 +269,7 @@ class DynamicBatcher:
         wait = self.estimated_wait(images)
         planned = min(budget * PLANNED_SHARE, self.max_queue_delay)
         if wait > planned:
-            self._refusals += 1
-            self._observer.rejected("over_budget")
+            self._refused("over_budget")
             retry_after = max(self._retry_after, math.ceil(wait - planned))
             limit = (
                 f"too late for its {budget * 1000:.0f} ms budget"
@@ -283,6 +281,12 @@ class DynamicBatcher:
                 f"ms, {limit}; retry later",
                 {"Retry-After": str(retry_after)},
             )
+
+    def _refused(self, reason: str) -> None:
+        """Counted twice: for the metrics, and for `_learn`, which must know that refusals ran
+        beside the next model call."""
+        self._refusals += 1
+        self._observer.rejected(reason)
 
     async def submit(
         self,
@@ -477,7 +481,7 @@ class DynamicBatcher:
         a lower priority), so a call amid refusals takes longer. Learnt, that made the forecast
         longer, which refused more, which made the next calls longer still: 8 clients sending
         32 images each and resending every refusal at once, after a phase of single images had
-        taught a higher cost per image, got 3,000 refusals a second and a tenth of their usual
+        taught a higher cost per image, got 3,000 refusals a second and 12-20% of their usual
         throughput for as long as they ran (bench/mix_change.py). So the forecast may always
         fall, but rises only on calls with no refusal around them. The price: under sustained
         overload a model that really slows down is learnt late, and the queue holds more than
