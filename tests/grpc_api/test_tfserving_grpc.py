@@ -7,6 +7,7 @@ which tensorflow-cpu ships), so the environment keeps one TensorFlow.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -119,6 +120,44 @@ def test_mistakes_get_tensorflow_servings_codes(
     with pytest.raises(grpc.RpcError) as refused:
         stub.Predict(predict_request(tfs, np.zeros(images, np.float32), **spec))
     assert refused.value.code() == code
+
+
+def peak_rss_mib(server: LiveServer) -> float:
+    status = Path(f"/proc/{server.process.pid}/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("dims", "unknown_rank", "message"),
+    [
+        ([600_000, 28, 28], False, "holds 600000 images; at most 8"),
+        ([-1, 784], False, "has shape [-1, 784]"),
+        ([0, 784], False, "holds no images"),
+        ([], False, "has shape []"),
+        ([1, 784], True, "must declare its shape"),
+    ],
+)
+def test_the_declared_shape_is_checked_before_the_tensor_is_built(
+    tfs: Any, server: tuple[LiveServer, str], dims: list[int], unknown_rank: bool, message: str
+) -> None:
+    """TensorFlow fills a tensor whose values are fewer than its shape by repeating the last
+    one: one value declared as 600,000 images made 1.9 GB from a 44-byte request."""
+    live, target = server
+    request = tfs.predict.PredictRequest()
+    request.model_spec.name = "mnist"
+    tensor = request.inputs["image"]
+    tensor.dtype = tf.float32.as_datatype_enum
+    tensor.float_val.append(1.0)
+    tensor.tensor_shape.unknown_rank = unknown_rank
+    for size in dims:
+        tensor.tensor_shape.dim.add(size=size)
+    peak = peak_rss_mib(live)
+    stub = tfs.prediction.PredictionServiceStub(grpc.insecure_channel(target))
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.Predict(request, 30)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in refused.value.details()
+    assert peak_rss_mib(live) < peak + 100
 
 
 def test_metadata_and_status(tfs: Any, server: tuple[LiveServer, str]) -> None:
