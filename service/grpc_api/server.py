@@ -7,7 +7,8 @@ NOT_SERVING from the shutdown signal on, so Kubernetes' `grpc:` probes and grpc_
 work) and server reflection (grpcurl needs no .proto files). `CallRecorder` wraps every unary
 call with what the REST middleware does per request: API keys (`authorization: Bearer` or
 `x-api-key` metadata), the request id (`x-request-id`, echoed in trailing metadata), metrics
-and the access log line.
+and the access log line; every handler parses its own request (`service.grpc_api.parsing`), so
+a malformed message is INVALID_ARGUMENT.
 
 With `--workers N` every worker binds the same port: gRPC sets SO_REUSEPORT on Linux, and the
 kernel spreads connections over the workers.
@@ -28,11 +29,12 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from service.auth import _matches as key_matches
 from service.auth import presented_key
 from service.dataplane import DataPlane
+from service.grpc_api.parsing import parse_request, parsing_streams
 from service.grpc_api.protos import inference_grpc
 from service.grpc_api.tfserving import ModelService, PredictionService
 from service.grpc_api.tfserving_protos import tfserving_grpc
@@ -48,6 +50,12 @@ INFERENCE_SERVICE = "inference.GRPCInferenceService"
 TFSERVING_SERVICES = ("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
 OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 READINESS_POLL_SECONDS = 0.5
+REFLECTED = (
+    INFERENCE_SERVICE,
+    *TFSERVING_SERVICES,
+    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+    reflection.SERVICE_NAME,
+)
 
 
 class CallRecorder:
@@ -76,14 +84,15 @@ class CallRecorder:
 
     def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         if handler.unary_unary is None:
-            return handler
+            return parsing_streams(handler)
         inner = handler.unary_unary
+        parse = handler.request_deserializer
         guarded = bool(self.keys) and not method.startswith(OPEN_SERVICES)
         counted = self.metrics.grpc_requests
         by_code: dict[grpc.StatusCode, Any] = {}
         duration = self.metrics.grpc_duration.labels(method)
 
-        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def call(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
             metadata = dict(context.invocation_metadata() or ())
             request_id = new_request_id(metadata.get("x-request-id"))
@@ -91,7 +100,7 @@ class CallRecorder:
             try:
                 if guarded:
                     await self._check_key(metadata, context)
-                return await inner(request, context)
+                return await inner(await parse_request(parse, raw, context), context)
             finally:
                 code = context.code() or grpc.StatusCode.OK
                 if not isinstance(code, grpc.StatusCode):
@@ -113,9 +122,7 @@ class CallRecorder:
                 )
 
         return grpc.unary_unary_rpc_method_handler(
-            call,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
+            call, response_serializer=handler.response_serializer
         )
 
     async def _check_key(self, metadata: dict[str, Any], context: grpc.aio.ServicerContext) -> None:
@@ -201,13 +208,12 @@ class GrpcServer:
             ),
             (tfserving_grpc.add_ModelServiceServicer_to_server, ModelService(plane)),
             (health_pb2_grpc.add_HealthServicer_to_server, self.health),
+            (
+                reflection_pb2_grpc.add_ServerReflectionServicer_to_server,
+                reflection.aio.ReflectionServicer(REFLECTED),
+            ),
         ):
             recorder.register(self.server, add_to_server, servicer)
-        reflection.enable_server_reflection(
-            (INFERENCE_SERVICE, *TFSERVING_SERVICES,
-             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            self.server,
-        )  # fmt: skip
         self.port = self.server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
         self._watcher: asyncio.Task[None] | None = None
 

@@ -1,0 +1,300 @@
+"""Property-based fuzzing of the gRPC services: no client input may get UNKNOWN or INTERNAL,
+gRPC's 5xx.
+
+Two layers, as an attacker would try them: bytes that are not the method's message at all, on
+every method; and well-formed messages with any value in every field (datatypes and dtypes by
+name and not, shapes that disagree with the contents, lying raw contents, parameters of every
+kind, versions and labels), built with the clients' own message classes (`tritonclient`'s V2,
+`tensorflow-serving-api`'s). Seeds are fixed as in tests/service/test_fuzz.py.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from tritonclient.grpc import service_pb2
+
+from tests.conftest import LiveServer, grpc_serving
+from tests.service.test_fuzz import FUZZ
+
+SERVER_ERRORS = {
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.DATA_LOSS,
+    grpc.StatusCode.UNIMPLEMENTED,
+}
+METHODS = [
+    "/inference.GRPCInferenceService/ServerLive",
+    "/inference.GRPCInferenceService/ServerReady",
+    "/inference.GRPCInferenceService/ModelReady",
+    "/inference.GRPCInferenceService/ServerMetadata",
+    "/inference.GRPCInferenceService/ModelMetadata",
+    "/inference.GRPCInferenceService/ModelInfer",
+    "/tensorflow.serving.PredictionService/Predict",
+    "/tensorflow.serving.PredictionService/GetModelMetadata",
+    "/tensorflow.serving.ModelService/GetModelStatus",
+    "/grpc.health.v1.Health/Check",
+]
+
+
+@pytest.fixture(scope="module")
+def target(
+    trained_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[LiveServer, str]]:
+    log = tmp_path_factory.mktemp("grpc-fuzz") / "server.log"
+    with grpc_serving(
+        trained_repository, log, MNIST_MAX_REQUEST_IMAGES="4", MNIST_MODEL_LABELS="stable=1"
+    ) as (server, port):
+        yield server, f"127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def channel(target: tuple[LiveServer, str]) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(target[1]) as opened:
+        yield opened
+
+
+def status_of(call: Any, request: Any) -> grpc.StatusCode:
+    """The call's status; never a server error, and every refusal names its request."""
+    error = call.future(request, timeout=30).exception()
+    if error is None:
+        return grpc.StatusCode.OK
+    assert error.code() not in SERVER_ERRORS, (error.code(), error.details())
+    assert dict(error.trailing_metadata() or ()).get("x-request-id")
+    return error.code()  # type: ignore[no-any-return]
+
+
+def raw_method(channel: grpc.Channel, method: str) -> Any:
+    return channel.unary_unary(method, request_serializer=bytes, response_deserializer=bytes)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@given(payload=st.binary(min_size=1, max_size=64))
+@FUZZ
+def test_bytes_that_are_not_the_message_are_invalid_argument(
+    channel: grpc.Channel, method: str, payload: bytes
+) -> None:
+    """Most random bytes do not parse; those that happen to are a message, and may be OK."""
+    code = status_of(raw_method(channel, method), payload)
+    assert code in {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND}
+
+
+def test_the_streaming_methods_refuse_bytes_that_are_not_their_message(
+    channel: grpc.Channel,
+) -> None:
+    watch = channel.unary_stream(
+        "/grpc.health.v1.Health/Watch", request_serializer=bytes, response_deserializer=bytes
+    )
+    reflect = channel.stream_stream(
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        request_serializer=bytes,
+        response_deserializer=bytes,
+    )
+    for call, request in ((watch, b"\xff\xff"), (reflect, iter([b"\xff\xff"]))):
+        with pytest.raises(grpc.RpcError) as refused:
+            list(call(request, timeout=10))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "protobuf could not parse" in refused.value.details()
+
+
+def mostly(usual: Any, other: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """`usual` three times in four: a request must get past the model's name to reach the
+    tensors."""
+    return st.one_of(st.just(usual), st.just(usual), st.just(usual), other)
+
+
+SIZES = st.sampled_from([0, 1, 27, 28, 783, 784, 785, 1568, 3136]) | st.integers(-3, 5000)
+NAMES = mostly("mnist", st.sampled_from(["", "other", "MNIST"]) | st.text(max_size=5))
+VERSIONS = mostly(
+    "", st.sampled_from(["1", "01", "2", "0", "-1", "\u00b2", "9" * 40]) | st.text(max_size=4)
+)
+
+
+def repeated(element: st.SearchStrategy[Any]) -> st.SearchStrategy[list[Any]]:
+    """Short lists, or lists of the lengths a tensor of images has."""
+    return st.lists(element, max_size=4) | st.builds(
+        lambda value, count: [value] * count, element, st.sampled_from([784, 785, 1568])
+    )
+
+
+V2_DATATYPES = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32"]
+V2_DATATYPES += ["INT64", "FP16", "FP32", "FP64", "BF16", "BYTES"]
+V2_CONTENTS = {
+    "bool_contents": st.booleans(),
+    "int_contents": st.integers(-(2**31), 2**31 - 1),
+    "int64_contents": st.integers(-(2**63), 2**63 - 1),
+    "uint_contents": st.integers(0, 2**32 - 1),
+    "uint64_contents": st.integers(0, 2**64 - 1),
+    "fp32_contents": st.floats(width=32),
+    "fp64_contents": st.floats(),
+    "bytes_contents": st.binary(max_size=8),
+}
+
+
+def v2_parameters() -> st.SearchStrategy[dict[str, Any]]:
+    value = st.one_of(
+        st.builds(lambda v: service_pb2.InferParameter(bool_param=v), st.booleans()),
+        st.builds(
+            lambda v: service_pb2.InferParameter(int64_param=v),
+            st.integers(-(2**63), 2**63 - 1),
+        ),
+        st.builds(lambda v: service_pb2.InferParameter(string_param=v), st.text(max_size=6)),
+    )
+    keys = st.sampled_from(["binary_data_size", "binary_data", "classification", "timeout"])
+    return st.dictionaries(keys | st.text(max_size=4), value, max_size=2)
+
+
+v2_tensor = st.fixed_dictionaries(
+    {
+        "name": mostly("image", st.sampled_from(["images", ""]) | st.text(max_size=4)),
+        "datatype": st.sampled_from(V2_DATATYPES) | st.text(max_size=5),
+        "shape": st.sampled_from([[1, 784], [1, 28, 28], [2, 784]]) | st.lists(SIZES, max_size=5),
+        "parameters": v2_parameters(),
+    },
+    optional={
+        "contents": st.fixed_dictionaries(
+            {}, optional={name: repeated(v) for name, v in V2_CONTENTS.items()}
+        )
+    },
+)
+
+
+@given(
+    model_name=NAMES,
+    model_version=VERSIONS,
+    inputs=mostly(1, st.integers(0, 2)).flatmap(
+        lambda n: st.lists(v2_tensor, min_size=n, max_size=n)
+    ),
+    raw=st.lists(
+        st.binary(max_size=12) | st.sampled_from([bytes(784), bytes(3136), bytes(6272)]),
+        max_size=2,
+    ),
+    outputs=st.lists(
+        st.fixed_dictionaries(
+            {
+                "name": st.sampled_from(["probabilities", "digit", ""]) | st.text(max_size=4),
+                "parameters": v2_parameters(),
+            }
+        ),
+        max_size=2,
+    ),
+    parameters=v2_parameters(),
+)
+@FUZZ
+def test_v2_infer_requests_with_any_field_values(
+    channel: grpc.Channel,
+    model_name: str,
+    model_version: str,
+    inputs: list[dict[str, Any]],
+    raw: list[bytes],
+    outputs: list[dict[str, Any]],
+    parameters: dict[str, Any],
+) -> None:
+    request = service_pb2.ModelInferRequest(
+        model_name=model_name, model_version=model_version, raw_input_contents=raw
+    )
+    for key, value in parameters.items():
+        request.parameters[key].CopyFrom(value)
+    for fields in inputs:
+        tensor = request.inputs.add(
+            name=fields["name"], datatype=fields["datatype"], shape=fields["shape"]
+        )
+        for key, value in fields["parameters"].items():
+            tensor.parameters[key].CopyFrom(value)
+        for name, values in fields.get("contents", {}).items():
+            getattr(tensor.contents, name).extend(values)
+    for fields in outputs:
+        output = request.outputs.add(name=fields["name"])
+        for key, value in fields["parameters"].items():
+            output.parameters[key].CopyFrom(value)
+    status_of(raw_method(channel, METHODS[5]), request.SerializeToString())
+
+
+@pytest.fixture(scope="module")
+def predict_pb2(tensorflow_serving_api: Path) -> Any:
+    sys.path.insert(0, str(tensorflow_serving_api))
+    from tensorflow_serving.apis import predict_pb2  # type: ignore[import-not-found]
+
+    return predict_pb2
+
+
+TF_VALUES = {
+    "float_val": st.floats(width=32),
+    "double_val": st.floats(),
+    "int_val": st.integers(-(2**31), 2**31 - 1),
+    "int64_val": st.integers(-(2**63), 2**63 - 1),
+    "bool_val": st.booleans(),
+    "string_val": st.binary(max_size=6),
+    "half_val": st.integers(0, 2**16 - 1),
+    "uint32_val": st.integers(0, 2**32 - 1),
+    "uint64_val": st.integers(0, 2**64 - 1),
+}
+tf_tensor = st.fixed_dictionaries(
+    {
+        "dtype": mostly(1, st.integers(0, 30) | st.integers(-5, 500)),  # 1: DT_FLOAT
+        "dims": st.lists(SIZES, max_size=5) | st.sampled_from([[1, 28, 28], [1, 28, 28, 1]]),
+    },
+    optional={
+        "unknown_rank": st.booleans(),
+        "tensor_content": st.binary(max_size=12)
+        | st.sampled_from([bytes(784), bytes(3136), bytes(6272)]),
+        **{name: repeated(value) for name, value in TF_VALUES.items()},
+    },
+)
+
+
+@given(
+    name=NAMES,
+    version=mostly(None, st.sampled_from([0, 1, 2, -1]) | st.integers(-(2**63), 2**63 - 1)),
+    label=mostly(None, st.sampled_from(["stable", "canary", ""]) | st.text(max_size=4)),
+    signature=mostly("", st.sampled_from(["serving_default", "predict"]) | st.text(max_size=4)),
+    inputs=mostly(
+        {},
+        st.dictionaries(
+            st.sampled_from(["images", ""]) | st.text(max_size=4), tf_tensor, max_size=1
+        ),
+    ).flatmap(
+        lambda others: (
+            st.builds(lambda image: {"image": image, **others}, tf_tensor) | st.just(others)
+        )
+    ),
+    output_filter=st.lists(
+        st.sampled_from(["probabilities", "digit", ""]) | st.text(max_size=4), max_size=2
+    ),
+)
+@FUZZ
+def test_tensorflow_serving_predict_requests_with_any_field_values(
+    channel: grpc.Channel,
+    predict_pb2: Any,
+    name: str,
+    version: int | None,
+    label: str | None,
+    signature: str,
+    inputs: dict[str, dict[str, Any]],
+    output_filter: list[str],
+) -> None:
+    request = predict_pb2.PredictRequest(output_filter=output_filter)
+    request.model_spec.name = name
+    request.model_spec.signature_name = signature
+    if version is not None:
+        request.model_spec.version.value = version
+    if label is not None:
+        request.model_spec.version_label = label
+    for key, fields in inputs.items():
+        tensor = request.inputs[key]
+        tensor.dtype = fields["dtype"]
+        for size in fields["dims"]:
+            tensor.tensor_shape.dim.add(size=size)
+        tensor.tensor_shape.unknown_rank = fields.get("unknown_rank", False)
+        if "tensor_content" in fields:
+            tensor.tensor_content = fields["tensor_content"]
+        for field in TF_VALUES:
+            getattr(tensor, field).extend(fields.get(field, []))
+    status_of(raw_method(channel, METHODS[6]), request.SerializeToString())
