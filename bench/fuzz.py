@@ -1,9 +1,11 @@
-"""The API fuzzing of tests/service/test_fuzz.py, for many more examples than CI runs.
+"""The API fuzzing of tests/service/test_fuzz.py and tests/grpc_api/test_grpc_fuzz.py, for many
+more examples than CI runs.
 
-Every operation of the OpenAPI schema (schemathesis) and the hand-written body strategies
-(hypothesis) get `--examples` each, with random seeds unless `--seed` is given, against a live
-server with a tiny model trained on 1,500 digits. Prints the examples run and the failures
-(any 5xx, a missing request id, an error that is not JSON); exits non-zero on a failure.
+Every operation of the OpenAPI schema (schemathesis), every gRPC method, and the hand-written
+body and message strategies (hypothesis) get `--examples` each, with random seeds unless
+`--seed` is given, against live servers with a tiny model trained on 1,500 digits. Prints the
+examples run and the failures (any 5xx or gRPC UNKNOWN/INTERNAL, a missing request id, an error
+that is not JSON); exits non-zero on a failure.
 
     python bench/fuzz.py --examples 800      # ~24,000 examples, a few minutes
 """
@@ -38,6 +40,7 @@ def main() -> None:
         "-o",
         "addopts=",
         str(ROOT / "tests" / "service" / "test_fuzz.py"),
+        str(ROOT / "tests" / "grpc_api" / "test_grpc_fuzz.py"),
     ]
     if args.seed is not None:
         command.append(f"--hypothesis-seed={args.seed}")

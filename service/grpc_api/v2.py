@@ -90,7 +90,12 @@ def decode_images(request: Any, max_images: int) -> npt.NDArray[np.float32]:
             )
         flat = np.frombuffer(raw, dtype=dtype)
     else:
-        field = CONTENTS_FIELD[tensor.datatype]
+        field = CONTENTS_FIELD.get(tensor.datatype)
+        if field is None:  # the protocol has no typed field for it
+            raise InvalidInput(
+                f"input '{INPUT_NAME}' of {tensor.datatype} must be sent in raw_input_contents: "
+                "the V2 protocol has no typed contents field for it"
+            )
         values = getattr(tensor.contents, field)
         if len(values) != elements:
             raise InvalidInput(
