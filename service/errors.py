@@ -98,6 +98,13 @@ class DeadlineExceeded(ServingError):
     code = "deadline_exceeded"
 
 
+class ReadTimedOut(ServingError):
+    """The client stopped sending its request (headers or body) for the read timeout."""
+
+    status = 408
+    code = "request_timeout"
+
+
 class ClientGone(ServingError):
     """The client closed the connection before its answer was ready (nginx's 499); the request
     was dropped, and nobody reads this status but the access log and metrics."""

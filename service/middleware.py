@@ -10,6 +10,7 @@ import re
 import time
 from typing import Any, Protocol
 
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -22,6 +23,8 @@ access_log = logging.getLogger("service.access")
 
 REQUEST_ID_HEADER = b"x-request-id"
 OPEN_WHILE_DRAINING = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live"})
+READ_TIMED_OUT = "read_timed_out"
+"""Set in a request's state by the HTTP protocol when it stopped waiting for the body."""
 # Echo a client's id only when it is a plain token, so logs cannot be forged through it.
 _SAFE_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 
@@ -97,6 +100,10 @@ class RequestContextMiddleware:
                 await send_error(refusal, scope, receive_tracked, send_with_id)
             else:
                 await self.app(scope, receive_tracked, send_with_id)
+        except ClientDisconnect:
+            # Gone while its body was arriving (or stalled: the protocol answered 408 and
+            # closed); nothing to answer, and no server error to report.
+            status = 408 if state.get(READ_TIMED_OUT) else 499
         except Exception:
             # Starlette's last-resort handler sits outside this middleware and would answer
             # without the request id; answer here so every response carries it.

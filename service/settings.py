@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     """Larger request bodies get 413."""
     retry_after_seconds: int = Field(1, ge=1)
+    client_read_timeout_seconds: float = Field(10.0, gt=0)
+    """A request whose headers or body stop arriving for this long gets 408 and its connection
+    is closed: a stalled or slowloris client would otherwise hold a connection for ever."""
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     """Largest image upload (one raw image, or a whole multipart body); larger gets 413."""
     max_image_pixels: int = Field(40_000_000, ge=784)

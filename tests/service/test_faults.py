@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import json
 import os
 import shutil
 import signal
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -103,6 +105,56 @@ def test_clients_that_hang_up_are_dropped_before_the_model(
     classified = metric(after, "predictions_total") - metric(before, "predictions_total")
     assert classified == 1
     assert metric(after, "inference_queue_depth", version="1") == 0
+
+
+def test_clients_that_stall_get_408_and_those_that_vanish_mid_body_499(
+    start_server: Start, trained_repository: Path
+) -> None:
+    """A request whose bytes stop arriving is answered 408 and closed, wherever it stalled; a
+    client that trickles is not cut off; one that closes mid-body is a 499, not a server
+    error. uvicorn alone kept stalled connections open for ever and logged the hang-up as an
+    unhandled error with a 500."""
+    server = start_server(trained_repository, MNIST_CLIENT_READ_TIMEOUT_SECONDS="1")
+    port = int(server.url.rsplit(":", 1)[1])
+    body = b'{"instances": [[' + b"0, " * 400
+    headers = b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    stalled = {
+        "request line": b"GET /hea",
+        "headers": headers + b"Content-Le",
+        "body": headers + b"Content-Length: 9000\r\n\r\n" + body,
+    }
+    with contextlib.ExitStack() as stack:
+        sockets = {}
+        for where, sent in stalled.items():
+            sockets[where] = stack.enter_context(socket.create_connection(("127.0.0.1", port)))
+            sockets[where].sendall(sent)
+        with socket.create_connection(("127.0.0.1", port)) as trickling:
+            request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+            for byte in request[:8]:
+                trickling.sendall(bytes([byte]))
+                time.sleep(0.25)  # 2 s in all, never 1 s without a byte
+            trickling.sendall(request[8:])
+            trickling.settimeout(10)
+            assert trickling.recv(100).startswith(b"HTTP/1.1 200 ")
+        for where, connection in sockets.items():
+            connection.settimeout(10)
+            answer = b""
+            while chunk := connection.recv(4096):  # until the server closes it
+                answer += chunk
+            head, _, content = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 408 "), (where, answer)
+            assert b"connection: close" in head.lower()
+            assert b"x-request-id" in head.lower()
+            assert json.loads(content)["code"] == "request_timeout"
+        with socket.create_connection(("127.0.0.1", port)) as vanishing:
+            vanishing.sendall(stalled["body"])
+            time.sleep(0.3)
+    time.sleep(0.5)
+    text = scrape(server)
+    assert metric(text, "http_requests_total", status="408") == 3
+    assert metric(text, "http_requests_total", route="/v1/predict", status="499") == 1
+    assert metric(text, "http_requests_total", status="500") == 0
+    assert "unhandled" not in server.logs()
 
 
 def workers_of(pid: int) -> list[int]:
