@@ -26,7 +26,7 @@ from service.docs import router as docs_router
 from service.errors import ServingError, error_response, handle_serving_error
 from service.fastlane import FastLane, takes_plain_parameters
 from service.health import router as health_router
-from service.http_protocol import READ_TIMEOUT_KEY, ReadTimeout
+from service.http_protocol import LIMITS_KEY, ConnectionLimits
 from service.metrics import Metrics, multiprocess_directory
 from service.middleware import RequestContextMiddleware, RequestRecord
 from service.overload import INFERENCE_PATH_ENDS, STATE_KEY, Admission, EarlyRefusal, OverloadGuard
@@ -124,7 +124,7 @@ def create_app(settings: Settings | None = None) -> ServingApp:
     record = RequestRecord(metrics, settings.access_log)
     admission = Admission(plane)
     early_refusal = EarlyRefusal(admission, keys, shutdown, record, tracing is not None)
-    read_timeout = ReadTimeout(settings.client_read_timeout_seconds, record)
+    limits = ConnectionLimits(settings.client_read_timeout_seconds, record)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
@@ -133,7 +133,7 @@ def create_app(settings: Settings | None = None) -> ServingApp:
         grpc = GrpcLifecycle(settings, plane, metrics) if settings.grpc_port else None
         shutdown.install()
         try:
-            yield {STATE_KEY: early_refusal, READ_TIMEOUT_KEY: read_timeout}  # for the protocol
+            yield {STATE_KEY: early_refusal, LIMITS_KEY: limits}  # for service.http_protocol
         finally:
             if grpc is not None:  # its accepted calls finish while the plane still runs
                 await grpc.stop()

@@ -105,6 +105,11 @@ class ReadTimedOut(ServingError):
     code = "request_timeout"
 
 
+class HeadersTooLarge(ServingError):
+    status = 431
+    code = "headers_too_large"
+
+
 class ClientGone(ServingError):
     """The client closed the connection before its answer was ready (nginx's 499); the request
     was dropped, and nobody reads this status but the access log and metrics."""

@@ -1,4 +1,5 @@
-"""uvicorn's httptools protocol, answering overload refusals as soon as the headers are parsed.
+"""uvicorn's httptools protocol, answering overload refusals as soon as the headers are parsed,
+and bounding what a client may make it wait for and hold.
 
 uvicorn turns every request into an ASGI scope and a task, and the task waits its turn behind
 the others in the event loop. For a request that will be refused that is most of its cost (the
@@ -11,11 +12,12 @@ The answer is complete when the request's body has not arrived yet: the body is 
 dropped as uvicorn drops the rest of any body its app did not read, and the connection stays
 open for the client's next request.
 
-It also stops waiting for clients that stop sending. uvicorn times out idle keep-alive
-connections, but not a request whose headers or body stall: 500 such connections (headers and
-a few body bytes, then nothing) were all still open after 30 s, each holding a socket and its
-task. A request that receives no byte for `MNIST_CLIENT_READ_TIMEOUT_SECONDS` (10 s; nginx's
-client_body_timeout is 60 s) gets 408 and its connection is closed (`ReadTimeout`).
+`ConnectionLimits` are what uvicorn leaves out. It times out idle keep-alive connections, but
+not a request whose headers or body stall: 500 such connections (headers and a few body bytes,
+then nothing) were all still open after 30 s, each holding a socket and its task. A request
+that sends no byte for `MNIST_CLIENT_READ_TIMEOUT_SECONDS` (10 s; nginx's client_body_timeout
+is 60 s) gets 408 and its connection is closed. And httptools buffers a request line and
+headers of any length (200 MB sent by one client: +228 MiB): past 64 KiB they get 431.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from uvicorn.protocols.http.httptools_impl import (
     RequestResponseCycle,
 )
 
-from service.errors import ReadTimedOut, error_response
+from service.errors import HeadersTooLarge, ReadTimedOut, ServingError, error_response
 from service.middleware import (
     READ_TIMED_OUT,
     REQUEST_ID_HEADER,
@@ -40,15 +42,18 @@ from service.middleware import (
 )
 from service.overload import STATE_KEY, EarlyRefusal
 
-READ_TIMEOUT_KEY = "read_timeout"
-"""The lifespan state entry holding the app's `ReadTimeout`."""
+LIMITS_KEY = "connection_limits"
+"""The lifespan state entry holding the app's `ConnectionLimits`."""
+MAX_HEAD_BYTES = 64 * 1024
+"""Request line and headers (nginx: 4 x 8 KiB buffers; Node: 16 KiB)."""
 
 
 @dataclass(frozen=True)
-class ReadTimeout:
-    seconds: float
+class ConnectionLimits:
+    read_timeout_seconds: float
     record: RequestRecord
-    """Records a request that timed out before the app saw it (its headers incomplete)."""
+    """Records a request refused before the app saw it (its headers incomplete)."""
+    max_head_bytes: int = MAX_HEAD_BYTES
 
 
 class EarlyRefusalProtocol(HttpToolsProtocol):
@@ -56,22 +61,38 @@ class EarlyRefusalProtocol(HttpToolsProtocol):
     _last_read = 0.0
     _began = 0.0
     _headers_done = False
+    _reading_head = True
+    _head_bytes = 0
+    url = b""  # uvicorn sets these when a request begins
 
     def data_received(self, data: bytes) -> None:
         self._last_read = self.loop.time()
+        if self._reading_head:
+            self._head_bytes += len(data)
         super().data_received(data)
+        if self._reading_head and not self.transport.is_closing():
+            limits: ConnectionLimits | None = self.app_state.get(LIMITS_KEY)
+            if limits is not None and self._head_bytes > limits.max_head_bytes:
+                size = limits.max_head_bytes // 1024
+                self._refuse_head(
+                    limits,
+                    HeadersTooLarge(f"request line and headers exceed {size} KiB"),
+                )
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._headers_done = False
-        timeout: ReadTimeout | None = self.app_state.get(READ_TIMEOUT_KEY)
-        if timeout is not None and self._read_timer is None:
+        limits: ConnectionLimits | None = self.app_state.get(LIMITS_KEY)
+        if limits is not None and self._read_timer is None:
             self._began = time.perf_counter()
-            self._read_timer = self.loop.call_later(timeout.seconds, self._check_reading, timeout)
+            self._read_timer = self.loop.call_later(
+                limits.read_timeout_seconds, self._check_reading, limits
+            )
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._stop_read_timer()
+        self._reading_head, self._head_bytes = True, 0  # what follows is the next request's
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_read_timer()
@@ -82,42 +103,46 @@ class EarlyRefusalProtocol(HttpToolsProtocol):
             self._read_timer.cancel()
             self._read_timer = None
 
-    def _check_reading(self, timeout: ReadTimeout) -> None:
+    def _check_reading(self, limits: ConnectionLimits) -> None:
         self._read_timer = None
         if self.transport.is_closing():
             return
+        timeout = limits.read_timeout_seconds
         idle = self.loop.time() - self._last_read
-        if idle < timeout.seconds or self.flow.read_paused:  # paused: the app is behind, not it
-            wait = timeout.seconds - idle if idle < timeout.seconds else timeout.seconds
-            self._read_timer = self.loop.call_later(wait, self._check_reading, timeout)
+        if idle < timeout or self.flow.read_paused:  # paused: the app is behind, not the client
+            wait = timeout - idle if idle < timeout else timeout
+            self._read_timer = self.loop.call_later(wait, self._check_reading, limits)
             return
-        self._time_out(timeout)
-
-    def _time_out(self, timeout: ReadTimeout) -> None:
-        """Answer 408 and close. If the app has the request (its body was arriving), it sees
-        the client as gone and records the 408; else it is recorded here."""
-        seconds = f"{timeout.seconds:g}"
-        refusal = ReadTimedOut(f"no part of the request arrived for {seconds} s; closing")
+        refusal = ReadTimedOut(f"no part of the request arrived for {timeout:g} s; closing")
+        if not self._headers_done:
+            self._refuse_head(limits, refusal)
+            return
         cycle = self.cycle
-        if self._headers_done and cycle is not None and not cycle.response_complete:
-            if cycle.response_started:  # the app answers already: just stop
-                self.transport.close()
-                return
-            state = cycle.scope["state"]
-            state[READ_TIMED_OUT] = True
-            request_id = str(state.get("request_id", "")) or request_id_of(self.headers)
-            cycle.disconnected = True  # its receive() returns http.disconnect, its send nothing
-            cycle.message_event.set()
-        elif self._headers_done:  # refused early: the answer went out, its body never came
+        if cycle is None or cycle.response_started or cycle.response_complete:
+            # Refused early (the answer went out, its body never came) or being answered.
             self.transport.close()
             return
-        else:
-            request_id = request_id_of(self.headers)
-            method = (self.parser.get_method() or b"-").decode("latin-1") if self.url else "-"
-            path = self.url.partition(b"?")[0].decode("latin-1") or "-"
-            elapsed = time.perf_counter() - self._began
-            template = known_template(method, path) or "unmatched"
-            timeout.record(request_id, method, template, path, 408, elapsed, {})
+        # The app has the request: its receive() returns http.disconnect and its send()
+        # nothing, and the middleware records the 408 it finds in the state.
+        state = cycle.scope["state"]
+        state[READ_TIMED_OUT] = True
+        cycle.disconnected = True
+        cycle.message_event.set()
+        request_id = str(state.get("request_id", "")) or request_id_of(self.headers)
+        self._answer_and_close(refusal, request_id)
+
+    def _refuse_head(self, limits: ConnectionLimits, refusal: ServingError) -> None:
+        """Answer a request the app has not seen, and record it as the middleware would."""
+        self._stop_read_timer()
+        request_id = request_id_of(self.headers or [])
+        method = (self.parser.get_method() or b"-").decode("latin-1") if self.url else "-"
+        path = self.url.partition(b"?")[0][:200].decode("latin-1") or "-"
+        template = known_template(method, path) or "unmatched"
+        elapsed = time.perf_counter() - self._began if self._began else 0.0
+        limits.record(request_id, method, template, path, refusal.status, elapsed, {})
+        self._answer_and_close(refusal, request_id)
+
+    def _answer_and_close(self, refusal: ServingError, request_id: str) -> None:
         response = error_response(refusal.status, refusal.message, refusal.code)
         content = [STATUS_LINE[refusal.status]]
         headers = (
@@ -133,7 +158,7 @@ class EarlyRefusalProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def on_headers_complete(self) -> None:
-        self._headers_done = True
+        self._headers_done, self._reading_head = True, False
         early: EarlyRefusal | None = self.app_state.get(STATE_KEY)
         answer = None
         if (

@@ -107,12 +107,13 @@ def test_clients_that_hang_up_are_dropped_before_the_model(
     assert metric(after, "inference_queue_depth", version="1") == 0
 
 
-def test_clients_that_stall_get_408_and_those_that_vanish_mid_body_499(
+def test_clients_that_stall_flood_headers_or_vanish_mid_body(
     start_server: Start, trained_repository: Path
 ) -> None:
     """A request whose bytes stop arriving is answered 408 and closed, wherever it stalled; a
-    client that trickles is not cut off; one that closes mid-body is a 499, not a server
-    error. uvicorn alone kept stalled connections open for ever and logged the hang-up as an
+    client that trickles is not cut off; endless headers get 431 and cost no memory; one that
+    closes mid-body is a 499, not a server error. uvicorn alone kept stalled connections open
+    for ever, buffered 200 MB of headers (+228 MiB RSS), and logged the hang-up as an
     unhandled error with a 500."""
     server = start_server(trained_repository, MNIST_CLIENT_READ_TIMEOUT_SECONDS="1")
     port = int(server.url.rsplit(":", 1)[1])
@@ -146,15 +147,30 @@ def test_clients_that_stall_get_408_and_those_that_vanish_mid_body_499(
             assert b"connection: close" in head.lower()
             assert b"x-request-id" in head.lower()
             assert json.loads(content)["code"] == "request_timeout"
+        rss = resident_mib(server.process.pid)
+        with socket.create_connection(("127.0.0.1", port)) as flooding:
+            flooding.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: ")
+            with contextlib.suppress(OSError):  # the server closes it mid-flood
+                for _ in range(50_000):  # 50 MB of one header's value
+                    flooding.sendall(b"a" * 1000)
+            flooding.settimeout(10)
+            assert flooding.recv(100).startswith(b"HTTP/1.1 431 ")
+        assert resident_mib(server.process.pid) < rss + 20
         with socket.create_connection(("127.0.0.1", port)) as vanishing:
             vanishing.sendall(stalled["body"])
             time.sleep(0.3)
     time.sleep(0.5)
     text = scrape(server)
     assert metric(text, "http_requests_total", status="408") == 3
+    assert metric(text, "http_requests_total", status="431") == 1
     assert metric(text, "http_requests_total", route="/v1/predict", status="499") == 1
     assert metric(text, "http_requests_total", status="500") == 0
     assert "unhandled" not in server.logs()
+
+
+def resident_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0]) / 1024
 
 
 def workers_of(pid: int) -> list[int]:
@@ -205,16 +221,12 @@ def test_memory_stays_flat_over_many_reloads(
     server = start_server(repository, MNIST_MODEL_POLL_SECONDS="3600")
     model_dir = repository / "mnist"
 
-    def rss_mib() -> float:
-        status = Path(f"/proc/{server.process.pid}/status").read_text()
-        return int(next(line.split()[1] for line in status.splitlines() if "VmRSS" in line)) / 1024
-
     samples = []
     with server.client() as client:
         for version in range(2, 27):
             copy_version(trained_repository, repository, version)
             shutil.rmtree(model_dir / str(version - 1))
             assert client.post("/v1/admin/reload").json()["served_versions"] == [version]
-            samples.append(rss_mib())
+            samples.append(resident_mib(server.process.pid))
     growth = samples[-1] - samples[4]
     assert growth < 8, f"RSS grew {growth:.1f} MiB over 20 reloads after warm-up: {samples}"
