@@ -32,7 +32,13 @@ from uvicorn.protocols.http.httptools_impl import (
     RequestResponseCycle,
 )
 
-from service.errors import HeadersTooLarge, ReadTimedOut, ServingError, error_response
+from service.errors import (
+    HeadersTooLarge,
+    MalformedRequest,
+    ReadTimedOut,
+    ServingError,
+    error_response,
+)
 from service.middleware import (
     READ_TIMED_OUT,
     REQUEST_ID_HEADER,
@@ -130,6 +136,17 @@ class EarlyRefusalProtocol(HttpToolsProtocol):
         cycle.message_event.set()
         request_id = str(state.get("request_id", "")) or request_id_of(self.headers)
         self._answer_and_close(refusal, request_id)
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to bytes its parser cannot read (a TLS hello, a broken chunk size),
+        as JSON with a request id and recorded like every other answer; uvicorn's own is plain
+        text that no metric or access log line sees."""
+        refusal = MalformedRequest("invalid HTTP/1.1 request: the parser could not read it")
+        limits: ConnectionLimits | None = self.app_state.get(LIMITS_KEY)
+        if limits is None:
+            self._answer_and_close(refusal, request_id_of([]))
+        else:
+            self._refuse_head(limits, refusal)
 
     def _refuse_head(self, limits: ConnectionLimits, refusal: ServingError) -> None:
         """Answer a request the app has not seen, and record it as the middleware would."""

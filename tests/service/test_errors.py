@@ -4,6 +4,7 @@ never a 500, and the server stays up."""
 from __future__ import annotations
 
 import json
+import socket
 
 import httpx
 import pytest
@@ -210,6 +211,28 @@ def test_unknown_route_and_method_are_json_too(server: LiveServer) -> None:
     wrong_method = httpx.get(server.url + "/v1/predict")
     assert wrong_method.status_code == 405
     assert "error" in wrong_method.json()
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+        b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"GET /\x01 HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # TLS to the plain-HTTP port
+    ],
+)
+def test_bytes_that_are_not_http_get_a_json_400(server: LiveServer, sent: bytes) -> None:
+    port = int(server.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(sent)
+        answer = b""
+        while chunk := connection.recv(4096):  # until the server closes it
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ")
+    assert b"x-request-id: " in head
+    assert json.loads(body)["code"] == "malformed_request"
 
 
 # Strings Python's `str.isdigit()` accepts but `int()` rejects or misreads, and sizes no
