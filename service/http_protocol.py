@@ -46,7 +46,7 @@ from service.middleware import (
     known_template,
     request_id_of,
 )
-from service.overload import STATE_KEY, EarlyRefusal
+from service.overload import STATE_KEY, EarlyRefusal, Headers
 
 LIMITS_KEY = "connection_limits"
 """The lifespan state entry holding the app's `ConnectionLimits`."""
@@ -161,18 +161,20 @@ class EarlyRefusalProtocol(HttpToolsProtocol):
 
     def _answer_and_close(self, refusal: ServingError, request_id: str) -> None:
         response = error_response(refusal.status, refusal.message, refusal.code)
-        content = [STATUS_LINE[refusal.status]]
-        headers = (
-            *self.server_state.default_headers,
+        headers = [
             *response.raw_headers,
             (REQUEST_ID_HEADER, request_id.encode()),
             (b"connection", b"close"),
-        )
-        for name, value in headers:
-            content.extend((name, b": ", value, b"\r\n"))
-        content.extend((b"\r\n", bytes(response.body)))
-        self.transport.write(b"".join(content))
+        ]
+        self._write(refusal.status, headers, bytes(response.body))
         self.transport.close()
+
+    def _write(self, status: int, headers: Headers, body: bytes) -> None:
+        content = [STATUS_LINE[status]]
+        for name, value in (*self.server_state.default_headers, *headers):
+            content.extend((name, b": ", value, b"\r\n"))
+        content.extend((b"\r\n", body))
+        self.transport.write(b"".join(content))
 
     def on_headers_complete(self) -> None:
         self._headers_done, self._reading_head = True, False
@@ -194,10 +196,6 @@ class EarlyRefusalProtocol(HttpToolsProtocol):
             super().on_headers_complete()
             return
         status, headers, body = answer
-        content = [STATUS_LINE[status]]
-        for name, value in (*self.server_state.default_headers, *headers):
-            content.extend((name, b": ", value, b"\r\n"))
-        content.extend((b"\r\n", body))
         self.cycle = RequestResponseCycle(
             scope=self.scope,
             transport=self.transport,
@@ -212,5 +210,5 @@ class EarlyRefusalProtocol(HttpToolsProtocol):
             on_response=self.on_response_complete,
         )
         self.cycle.response_complete = True  # the body that follows is dropped
-        self.transport.write(b"".join(content))
+        self._write(status, headers, body)
         self.on_response_complete()

@@ -68,9 +68,8 @@ def _declared_shape(tensor_shape: Any, max_images: int) -> list[int]:
     if tensor_shape.unknown_rank:
         raise InvalidInput(f"input '{INPUT_NAME}' must declare its shape (unknown_rank is set)")
     shape = [int(d.size) for d in tensor_shape.dim]
-    if shape[1:] not in ([IMAGE_SIDE, IMAGE_SIDE, 1], [IMAGE_SIDE, IMAGE_SIDE], [PIXELS]) or (
-        not shape or shape[0] < 0
-    ):
+    image_shapes = ([IMAGE_SIDE, IMAGE_SIDE, 1], [IMAGE_SIDE, IMAGE_SIDE], [PIXELS])
+    if not shape or shape[0] < 0 or shape[1:] not in image_shapes:
         raise InvalidInput(
             f"input '{INPUT_NAME}' has shape {shape}; expected [N, 28, 28, 1], [N, 28, 28] or "
             "[N, 784]"
