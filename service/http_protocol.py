@@ -115,7 +115,13 @@ class EarlyRefusalProtocol(HttpToolsProtocol):
             return
         timeout = limits.read_timeout_seconds
         idle = self.loop.time() - self._last_read
-        if idle < timeout or self.flow.read_paused:  # paused: the app is behind, not the client
+        cycle = self.cycle
+        # Not the client's fault: the app is behind (reading paused), or the client waits for
+        # the "100 Continue" the app has not asked for yet.
+        our_turn = self.flow.read_paused or (
+            self._headers_done and cycle is not None and cycle.waiting_for_100_continue
+        )
+        if idle < timeout or our_turn:
             wait = timeout - idle if idle < timeout else timeout
             self._read_timer = self.loop.call_later(wait, self._check_reading, limits)
             return
@@ -123,7 +129,6 @@ class EarlyRefusalProtocol(HttpToolsProtocol):
         if not self._headers_done:
             self._refuse_head(limits, refusal)
             return
-        cycle = self.cycle
         if cycle is None or cycle.response_started or cycle.response_complete:
             # Refused early (the answer went out, its body never came) or being answered.
             self.transport.close()
