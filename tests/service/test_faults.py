@@ -228,5 +228,7 @@ def test_memory_stays_flat_over_many_reloads(
             shutil.rmtree(model_dir / str(version - 1))
             assert client.post("/v1/admin/reload").json()["served_versions"] == [version]
             samples.append(resident_mib(server.process.pid))
-    growth = samples[-1] - samples[4]
-    assert growth < 8, f"RSS grew {growth:.1f} MiB over 20 reloads after warm-up: {samples}"
+    # The first reloads warm the allocator up (on a slow machine for ten: 708 -> 745 MiB, then
+    # flat); the leak this guards against added 6.3 MiB every reload, 94 MiB over the last 15.
+    growth = samples[-1] - samples[9]
+    assert growth < 8, f"RSS grew {growth:.1f} MiB over 15 reloads after warm-up: {samples}"
