@@ -40,10 +40,14 @@ def main() -> None:
     parser.add_argument("--client-core", default="0")
     args = parser.parse_args()
     ensure_model(args.model_repository, args.data_dir)
-    workdir = Path(tempfile.mkdtemp(prefix="mix-change-"))
-    single, batch = workdir / "single.json", workdir / "batch32.bin"
-    single.write_bytes(request_body(1, args.data_dir))
-    batch.write_bytes(request_body(32, args.data_dir, "raw"))
+    with tempfile.TemporaryDirectory(prefix="mix-change-") as scratch:
+        single, batch = Path(scratch) / "single.json", Path(scratch) / "batch32.bin"
+        single.write_bytes(request_body(1, args.data_dir))
+        batch.write_bytes(request_body(32, args.data_dir, "raw"))
+        run_rounds(args, single, batch)
+
+
+def run_rounds(args: argparse.Namespace, single: Path, batch: Path) -> None:
     ceiling = in_process_ceiling(args.model_repository, args.server_core, 32, 5)
     print(f"# in-process batch-32 ceiling {ceiling:.0f} images/s", flush=True)
     headers = (f"x-api-key: {API_KEY}",)
