@@ -112,6 +112,12 @@ def tensorflow_serving_api(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return target
 
 
+def memory_mib(pid: int, field: str = "VmRSS") -> float:
+    """A process's memory from /proc: `VmRSS` resident now, `VmHWM` its peak so far."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split(f"{field}:")[1].split()[0]) / 1024
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -7,7 +7,6 @@ which tensorflow-cpu ships), so the environment keeps one TensorFlow.
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import LiveServer, grpc_serving
+from tests.conftest import LiveServer, grpc_serving, memory_mib
 
 
 @pytest.fixture(scope="module")
@@ -122,11 +121,6 @@ def test_mistakes_get_tensorflow_servings_codes(
     assert refused.value.code() == code
 
 
-def peak_rss_mib(server: LiveServer) -> float:
-    status = Path(f"/proc/{server.process.pid}/status").read_text()
-    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024  # type: ignore[union-attr]
-
-
 @pytest.mark.parametrize(
     ("dims", "unknown_rank", "message"),
     [
@@ -151,13 +145,13 @@ def test_the_declared_shape_is_checked_before_the_tensor_is_built(
     tensor.tensor_shape.unknown_rank = unknown_rank
     for size in dims:
         tensor.tensor_shape.dim.add(size=size)
-    peak = peak_rss_mib(live)
+    peak = memory_mib(live.process.pid, "VmHWM")
     stub = tfs.prediction.PredictionServiceStub(grpc.insecure_channel(target))
     with pytest.raises(grpc.RpcError) as refused:
         stub.Predict(request, 30)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in refused.value.details()
-    assert peak_rss_mib(live) < peak + 100
+    assert memory_mib(live.process.pid, "VmHWM") < peak + 100
 
 
 def test_metadata_and_status(tfs: Any, server: tuple[LiveServer, str]) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from tests.conftest import LiveServer, copy_version
+from tests.conftest import LiveServer, copy_version, memory_mib
 from tests.fault_model import HANG_PIXEL, ON_TENSORFLOW, RAISE_PIXEL
 from tests.service.test_server import metric, scrape
 
@@ -147,7 +147,7 @@ def test_clients_that_stall_flood_headers_or_vanish_mid_body(
             assert b"connection: close" in head.lower()
             assert b"x-request-id" in head.lower()
             assert json.loads(content)["code"] == "request_timeout"
-        rss = resident_mib(server.process.pid)
+        rss = memory_mib(server.process.pid)
         with socket.create_connection(("127.0.0.1", port)) as flooding:
             flooding.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: ")
             with contextlib.suppress(OSError):  # the server closes it mid-flood
@@ -155,7 +155,7 @@ def test_clients_that_stall_flood_headers_or_vanish_mid_body(
                     flooding.sendall(b"a" * 1000)
             flooding.settimeout(10)
             assert flooding.recv(100).startswith(b"HTTP/1.1 431 ")
-        assert resident_mib(server.process.pid) < rss + 20
+        assert memory_mib(server.process.pid) < rss + 20
         with socket.create_connection(("127.0.0.1", port)) as vanishing:
             vanishing.sendall(stalled["body"])
             time.sleep(0.3)
@@ -166,11 +166,6 @@ def test_clients_that_stall_flood_headers_or_vanish_mid_body(
     assert metric(text, "http_requests_total", route="/v1/predict", status="499") == 1
     assert metric(text, "http_requests_total", status="500") == 0
     assert "unhandled" not in server.logs()
-
-
-def resident_mib(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(status.split("VmRSS:")[1].split()[0]) / 1024
 
 
 def workers_of(pid: int) -> list[int]:
@@ -227,7 +222,7 @@ def test_memory_stays_flat_over_many_reloads(
             copy_version(trained_repository, repository, version)
             shutil.rmtree(model_dir / str(version - 1))
             assert client.post("/v1/admin/reload").json()["served_versions"] == [version]
-            samples.append(resident_mib(server.process.pid))
+            samples.append(memory_mib(server.process.pid))
     # The first reloads warm the allocator up (on a slow machine for ten: 708 -> 745 MiB, then
     # flat); the leak this guards against added 6.3 MiB every reload, 94 MiB over the last 15.
     growth = samples[-1] - samples[9]
