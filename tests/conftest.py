@@ -118,6 +118,15 @@ def memory_mib(pid: int, field: str = "VmRSS") -> float:
     return int(status.split(f"{field}:")[1].split()[0]) / 1024
 
 
+def answer_until_closed(connection: socket.socket) -> tuple[bytes, bytes]:
+    """The raw response's head and body, read until the server closes the connection."""
+    answer = b""
+    while chunk := connection.recv(4096):
+        answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return head, body
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

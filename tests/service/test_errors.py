@@ -9,7 +9,7 @@ import socket
 import httpx
 import pytest
 
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, answer_until_closed
 
 BLANK = [[0] * 28 for _ in range(28)]
 JSON = "application/json"
@@ -226,10 +226,7 @@ def test_bytes_that_are_not_http_get_a_json_400(server: LiveServer, sent: bytes)
     port = int(server.url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
         connection.sendall(sent)
-        answer = b""
-        while chunk := connection.recv(4096):  # until the server closes it
-            answer += chunk
-    head, _, body = answer.partition(b"\r\n\r\n")
+        head, body = answer_until_closed(connection)
     assert head.startswith(b"HTTP/1.1 400 ")
     assert b"x-request-id: " in head
     assert json.loads(body)["code"] == "malformed_request"

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from tests.conftest import LiveServer, copy_version, memory_mib
+from tests.conftest import LiveServer, answer_until_closed, copy_version, memory_mib
 from tests.fault_model import HANG_PIXEL, ON_TENSORFLOW, RAISE_PIXEL
 from tests.service.test_server import metric, scrape
 
@@ -139,11 +139,8 @@ def test_clients_that_stall_flood_headers_or_vanish_mid_body(
             assert trickling.recv(100).startswith(b"HTTP/1.1 200 ")
         for where, connection in sockets.items():
             connection.settimeout(10)
-            answer = b""
-            while chunk := connection.recv(4096):  # until the server closes it
-                answer += chunk
-            head, _, content = answer.partition(b"\r\n\r\n")
-            assert head.startswith(b"HTTP/1.1 408 "), (where, answer)
+            head, content = answer_until_closed(connection)
+            assert head.startswith(b"HTTP/1.1 408 "), (where, head)
             assert b"connection: close" in head.lower()
             assert b"x-request-id" in head.lower()
             assert json.loads(content)["code"] == "request_timeout"
