@@ -18,6 +18,12 @@ then nothing) were all still open after 30 s, each holding a socket and its task
 that sends no byte for `MNIST_CLIENT_READ_TIMEOUT_SECONDS` (10 s; nginx's client_body_timeout
 is 60 s) gets 408 and its connection is closed. And httptools buffers a request line and
 headers of any length (200 MB sent by one client: +228 MiB): past 64 KiB they get 431.
+
+An upgrade offer (`Upgrade: h2c`, which curl --http2, Java's HttpClient and Spring's RestClient
+add to ordinary requests, or `Upgrade: websocket`) is declined, as RFC 9110 section 7.8 allows,
+and the request is served as HTTP/1.1. This service has no WebSocket route, and uvicorn's own
+handling breaks such requests: llhttp stops at the end of the headers, so a POST reached the app
+with an empty body (a 400) and whatever followed it on the connection was lost.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 
+import httptools
 from uvicorn.protocols.http.httptools_impl import (
     STATUS_LINE,
     HttpToolsProtocol,
@@ -52,6 +59,7 @@ LIMITS_KEY = "connection_limits"
 """The lifespan state entry holding the app's `ConnectionLimits`."""
 MAX_HEAD_BYTES = 64 * 1024
 """Request line and headers (nginx: 4 x 8 KiB buffers; Node: 16 KiB)."""
+FRAMING_HEADERS = frozenset({b"content-length", b"transfer-encoding"})
 
 
 @dataclass(frozen=True)
@@ -69,13 +77,14 @@ class EarlyRefusalProtocol(HttpToolsProtocol):
     _headers_done = False
     _reading_head = True
     _head_bytes = 0
+    _replaying_framing = False
     url = b""  # uvicorn sets these when a request begins
 
     def data_received(self, data: bytes) -> None:
         self._last_read = self.loop.time()
         if self._reading_head:
             self._head_bytes += len(data)
-        super().data_received(data)
+        self._feed(data)
         if self._reading_head and not self.transport.is_closing():
             limits: ConnectionLimits | None = self.app_state.get(LIMITS_KEY)
             if limits is not None and self._head_bytes > limits.max_head_bytes:
@@ -85,7 +94,51 @@ class EarlyRefusalProtocol(HttpToolsProtocol):
                     HeadersTooLarge(f"request line and headers exceed {size} KiB"),
                 )
 
+    def _feed(self, data: bytes) -> None:
+        """uvicorn's `data_received`, except that an upgrade offer is declined, not obeyed."""
+        self._unset_keepalive_if_required()
+        while True:
+            try:
+                self.parser.feed_data(data)
+                return
+            except httptools.HttpParserError:
+                self.send_400_response("Invalid HTTP request received.")
+                return
+            except httptools.HttpParserUpgrade as offer:
+                data = self._decline_upgrade(data[offer.args[0] :])
+
+    def _decline_upgrade(self, rest: bytes) -> bytes:
+        """What to feed a fresh parser so that it reads the declined request's body.
+
+        llhttp stopped at the end of the headers and takes nothing more. A fresh parser is given
+        a stand-in head with the request's framing headers, whose callbacks are skipped (the
+        request's own head was handled already), then the bytes that followed: it reads the body
+        into the same request, and every request after it as usual.
+        """
+        framing = [
+            name + b": " + value + b"\r\n"
+            for name, value in self.headers
+            if name in FRAMING_HEADERS
+        ]
+        self.parser = httptools.HttpRequestParser(self)
+        self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        self._replaying_framing = True
+        return b"".join([b"POST / HTTP/1.1\r\n", *framing, b"\r\n", rest])
+
+    def _should_upgrade(self) -> bool:
+        return False  # no WebSocket route: an upgrade offer is declined (`_decline_upgrade`)
+
+    def on_url(self, url: bytes) -> None:
+        if not self._replaying_framing:
+            super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._replaying_framing:
+            super().on_header(name, value)
+
     def on_message_begin(self) -> None:
+        if self._replaying_framing:
+            return
         super().on_message_begin()
         self._headers_done = False
         limits: ConnectionLimits | None = self.app_state.get(LIMITS_KEY)
@@ -96,6 +149,8 @@ class EarlyRefusalProtocol(HttpToolsProtocol):
             )
 
     def on_message_complete(self) -> None:
+        if self.parser.should_upgrade():
+            return  # llhttp's end of a request it will not read the body of: see `_feed`
         super().on_message_complete()
         self._stop_read_timer()
         self._reading_head, self._head_bytes = True, 0  # what follows is the next request's
@@ -182,6 +237,9 @@ class EarlyRefusalProtocol(HttpToolsProtocol):
         self.transport.write(b"".join(content))
 
     def on_headers_complete(self) -> None:
+        if self._replaying_framing:
+            self._replaying_framing = False
+            return
         self._headers_done, self._reading_head = True, False
         early: EarlyRefusal | None = self.app_state.get(STATE_KEY)
         answer = None
@@ -191,7 +249,6 @@ class EarlyRefusalProtocol(HttpToolsProtocol):
             and not self.expect_100_continue
             and self.parser.get_http_version() == "1.1"
             and self.parser.should_keep_alive()
-            and not self.parser.should_upgrade()
         ):
             path, _, _ = self.url.partition(b"?")
             if b"%" not in path and path.isascii():

@@ -8,11 +8,14 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import re
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import pytest
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -25,7 +28,7 @@ from service.http_protocol import EarlyRefusalProtocol
 from service.metrics import Metrics
 from service.middleware import RequestContextMiddleware, RequestRecord
 from service.overload import STATE_KEY, Admission, EarlyRefusal
-from tests.conftest import free_port
+from tests.conftest import answer_until_closed, free_port
 from tests.service.test_middleware import Running
 from tests.service.test_server import metric
 
@@ -59,7 +62,15 @@ def serving(
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         yield {STATE_KEY: early}
 
-    app = Starlette(routes=[Route("/v1/predict", predict, methods=["POST"])], lifespan=lifespan)
+    async def echo(request: Request) -> JSONResponse:
+        body = await request.body()
+        return JSONResponse({"method": request.method, "body": body.decode()})
+
+    routes = [
+        Route("/v1/predict", predict, methods=["POST"]),
+        Route("/echo", echo, methods=["GET", "POST"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
     app.add_middleware(ApiKeyMiddleware, keys=keys)
     app.add_middleware(RequestContextMiddleware, record=record, shutdown=Running())
     port = free_port()
@@ -116,3 +127,60 @@ def test_refused_from_the_headers_before_the_app_is_called_on_a_connection_that_
         assert reached == []
     counted = metrics.render()[0].decode()
     assert metric(counted, "http_requests_total", route="/v1/predict", status="503") == 1
+
+
+def responses(stream: bytes) -> list[tuple[int, bytes]]:
+    """Each (status, body) of the responses one after another on a connection."""
+    answered = []
+    while stream:
+        head, _, stream = stream.partition(b"\r\n\r\n")
+        length = re.search(rb"content-length: (\d+)", head, re.IGNORECASE)
+        assert length is not None, head
+        size = int(length.group(1))
+        answered.append((int(head.split(b" ", 2)[1]), stream[:size]))
+        stream = stream[size:]
+    return answered
+
+
+UPGRADE_OFFERS = [
+    b"Upgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n",
+    b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"Sec-WebSocket-Version: 13\r\n",
+    b"Upgrade: foo/2\r\nConnection: upgrade\r\n",
+]
+
+
+@pytest.mark.parametrize("offer", UPGRADE_OFFERS, ids=["h2c", "websocket", "other"])
+def test_an_upgrade_offer_is_declined_and_the_request_served_as_http_1_1(offer: bytes) -> None:
+    """curl --http2, Java's HttpClient and Spring's RestClient offer h2c on ordinary POSTs."""
+    record = RequestRecord(Metrics(), log_requests=False)
+    keys = ApiKeys([], [])
+    early = EarlyRefusal(QueueFull(), keys, Running(), record, tracing=False)
+    payload = b'{"instances": [[0, 1, 2]]}'
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(payload), payload)
+    requests = [
+        b"POST /echo HTTP/1.1\r\nHost: x\r\n%sContent-Length: %d\r\n\r\n%s"
+        % (offer, len(payload), payload),
+        b"POST /echo HTTP/1.1\r\nHost: x\r\n%sTransfer-Encoding: chunked\r\n\r\n%s"
+        % (offer, chunked),
+        b"GET /echo HTTP/1.1\r\nHost: x\r\n%s\r\n" % offer,
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+    ]
+    with serving(early, record, keys) as (port, _):
+        # All four on one connection, sent at once, then again in small pieces: each answered in
+        # turn, bodies whole, and the connection still reads requests after the offers.
+        for pieces in ([b"".join(requests)], [bytes([b]) for b in b"".join(requests)]):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+                for piece in pieces:
+                    connection.sendall(piece)
+                answers = b"\r\n\r\n".join(answer_until_closed(connection))
+            answered = responses(answers)
+            assert [status for status, _ in answered] == [200] * 4, answers
+            bodies = [json.loads(body) for _, body in answered]
+            assert bodies == [
+                {"method": "POST", "body": payload.decode()},
+                {"method": "POST", "body": payload.decode()},
+                {"method": "GET", "body": ""},
+                {"method": "POST", "body": "ok"},
+            ]
+            assert b"101 Switching" not in answers
