@@ -8,6 +8,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from service import content_coding
 from service.dataplane import DataPlane
 from service.decoding import may_hold_booleans, parse_json
 from service.errors import MalformedRequest, PayloadTooLarge, UnsupportedMediaType
@@ -29,7 +30,10 @@ def settings_of(request: Request) -> Settings:
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
-    """Refuse by Content-Length before reading; count while streaming when there is none."""
+    """Refuse by Content-Length before reading; count while streaming when there is none. A
+    compressed body (`Content-Encoding`) is decoded, held to the same limit."""
+    coding = request.headers.get("content-encoding")
+    content_coding.codings(coding)  # a 415 before the body is read
     declared = request.headers.get("content-length")
     if declared is not None:
         size = parse_length_header("Content-Length", declared)
@@ -37,13 +41,17 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
             raise PayloadTooLarge(
                 f"request body of {size} bytes exceeds the {max_bytes} byte limit"
             )
-        return await request.body()
-    chunks = bytearray()
-    async for chunk in request.stream():
-        chunks += chunk
-        if len(chunks) > max_bytes:
-            raise PayloadTooLarge(f"request body exceeds the {max_bytes} byte limit")
-    return bytes(chunks)
+        body = await request.body()
+    else:
+        chunks = bytearray()
+        async for chunk in request.stream():
+            chunks += chunk
+            if len(chunks) > max_bytes:
+                raise PayloadTooLarge(f"request body exceeds the {max_bytes} byte limit")
+        body = bytes(chunks)
+    if coding is None or not body:
+        return body
+    return content_coding.decode(body, coding, max_bytes)
 
 
 def media_type(request: Request) -> str | None:

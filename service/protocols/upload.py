@@ -16,6 +16,7 @@ from fastapi import APIRouter, Query
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Message, Receive
 
 from service.errors import InvalidInput, MalformedRequest, PayloadTooLarge, UnsupportedMediaType
 from service.images import PreparedImage, prepare_upload
@@ -60,6 +61,10 @@ async def read_uploads(request: Request, settings: Settings) -> list[tuple[str, 
             raise PayloadTooLarge(
                 f"upload of {size} bytes exceeds the {settings.max_upload_bytes} byte limit"
             )
+        if request.headers.get("content-encoding") is not None:
+            # The parser streams the raw body: give it the decoded one instead.
+            decoded = await read_body(request, settings.max_upload_bytes)
+            request = Request(request.scope, _replay(decoded))
         try:
             form = await request.form(
                 max_files=settings.max_upload_images,
@@ -86,6 +91,13 @@ async def read_uploads(request: Request, settings: Settings) -> list[tuple[str, 
         f"unsupported Content-Type '{media or 'none'}'; send an image (image/png, image/jpeg, "
         "...) as the body, or images as multipart/form-data"
     )
+
+
+def _replay(body: bytes) -> Receive:
+    async def receive() -> Message:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
 
 
 def prepare_all(uploads: list[tuple[str, bytes]], max_pixels: int) -> list[PreparedImage]:

@@ -157,11 +157,19 @@ def test_tritonclient_speaks_to_the_v2_api(
             triton.InferRequestedOutput("probabilities", binary_data=binary),
             triton.InferRequestedOutput("digit", binary_data=binary),
         ]
-        result = client.infer("mnist", [tensor], outputs=outputs, request_id="triton-1")
-        probabilities = result.as_numpy("probabilities")
-        assert probabilities.shape == (4, 10)
-        assert result.as_numpy("digit").tolist() == expected_digits[:4]
-        assert probabilities.argmax(axis=1).tolist() == expected_digits[:4]
+        for compression in (None, "gzip", "deflate"):  # the client's own request compression
+            result = client.infer(
+                "mnist",
+                [tensor],
+                outputs=outputs,
+                request_id="triton-1",
+                request_compression_algorithm=compression,
+                response_compression_algorithm=compression,
+            )
+            probabilities = result.as_numpy("probabilities")
+            assert probabilities.shape == (4, 10)
+            assert result.as_numpy("digit").tolist() == expected_digits[:4]
+            assert probabilities.argmax(axis=1).tolist() == expected_digits[:4]
     # No outputs named: the protocol returns every output, so all three arrays come back.
     everything = client.infer("mnist", [tensor])
     assert everything.as_numpy("digit").tolist() == expected_digits[:4]
