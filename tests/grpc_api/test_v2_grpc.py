@@ -8,6 +8,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,7 +37,12 @@ def grpc_server(
     trained_repository: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[LiveServer, str]]:
     log = tmp_path_factory.mktemp("grpc") / "server.log"
-    with grpc_serving(trained_repository, log, MNIST_MAX_REQUEST_IMAGES="8") as (server, port):
+    with grpc_serving(
+        trained_repository,
+        log,
+        MNIST_MAX_REQUEST_IMAGES="8",
+        MNIST_CLIENT_READ_TIMEOUT_SECONDS="1",
+    ) as (server, port):
         yield server, f"127.0.0.1:{port}"
 
 
@@ -147,6 +153,49 @@ def test_client_mistakes_get_the_right_status(
     assert message in refused.value.details()
     ids = dict(refused.value.trailing_metadata() or ())
     assert ids.get("x-request-id")
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        "/inference.GRPCInferenceService/ModelInfer",
+        "/inference.GRPCInferenceService/ServerLive",
+        "/tensorflow.serving.PredictionService/Predict",
+    ],
+)
+def test_a_call_whose_message_never_comes_is_ended_by_the_server(
+    grpc_server: tuple[LiveServer, str], method: str
+) -> None:
+    """A client that opens calls and sends nothing (no deadline of its own) must not hold them,
+    and their memory, for as long as it likes; one that ends a call without a message has made
+    a mistake. The server's read timeout here is 1 s."""
+    server, target = grpc_server
+    with grpc.insecure_channel(target) as channel:
+        call = channel.stream_unary(method)
+        silence = threading.Event()
+
+        def nothing() -> Iterator[bytes]:
+            silence.wait(30)
+            yield from ()
+
+        stalled = [call.future(nothing()) for _ in range(20)]
+        with pytest.raises(grpc.RpcError) as ended:
+            call(iter(()), timeout=10)
+        assert ended.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "without a request message" in (ended.value.details() or "")
+        started = time.monotonic()
+        for future in stalled:
+            assert future.exception(timeout=10).code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert time.monotonic() - started < 5  # the read timeout and a sweep, not the test's 30 s
+        assert "did not arrive within 1 s" in (stalled[0].exception().details() or "")
+        silence.set()
+        # The server serves on, on the same connection.
+        assert stub(target).ServerLive(service_pb2.ServerLiveRequest(), timeout=10).live
+    name = method.rsplit("/", 1)[1]
+    counted = scrape(server)
+    assert metric(counted, "grpc_requests_total", method=method, code="DEADLINE_EXCEEDED") >= 20, (
+        name
+    )
 
 
 def test_triton_only_calls_are_unimplemented(grpc_server: tuple[LiveServer, str]) -> None:
