@@ -242,7 +242,9 @@ def test_an_uploaded_photo_is_shown_beside_what_the_model_saw(
         answer = client.post(
             "/v1/predict/image", content=path.read_bytes(), headers={"Content-Type": "image/png"}
         )
-    assert predicted(page) == str(answer.json()["predictions"][0]["digit"])
+    first = answer.json()["predictions"][0]
+    # The tiny model is not always sure of it: the page then says so, as "3?".
+    assert predicted(page) == f"{first['digit']}{'?' if first['unsure'] else ''}"
     expect(page.locator("#photo")).to_be_visible()
     expect(page.locator("#seen")).to_be_visible()
     natural = page.locator("#photo").evaluate("img => img.naturalWidth")
