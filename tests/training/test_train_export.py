@@ -19,9 +19,8 @@ from training.train import run
 def test_two_runs_export_versions_that_tensorflow_reloads(
     tmp_path: Path, mnist: MnistSplits
 ) -> None:
-    config = tiny_train_config(tmp_path, limit=400, epochs=1, reports=True)
-    first = run(config, mnist)
-    second = run(config, mnist)
+    first = run(tiny_train_config(tmp_path, limit=400, epochs=1), mnist)
+    second = run(tiny_train_config(tmp_path, limit=400, epochs=1, reports=True), mnist)
     assert (first.version, second.version) == (1, 2)
     model_dir = tmp_path / "mnist"
     assert sorted(p.name for p in model_dir.iterdir()) == ["1", "2"]  # no staging left
