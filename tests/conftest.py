@@ -235,17 +235,27 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
         stop_server(server)
 
 
-@pytest.fixture(scope="module")
+@contextlib.contextmanager
+def serving_the_tiny_model(repository: Path, log_path: Path) -> Iterator[LiveServer]:
+    """A server over the tiny model, with small limits for the error tests to reach."""
+    server = launch_server(
+        repository, log_path, MNIST_MAX_REQUEST_IMAGES="4", MNIST_MAX_BODY_BYTES="400000"
+    )
+    try:
+        yield server
+    finally:
+        stop_server(server)
+
+
+@pytest.fixture(scope="session")
 def served_model(
     trained_repository: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiveServer]:
-    """One server over the tiny model, shared by a module's tests (limits set for error tests)."""
+    """One server over the tiny model, shared by the tests that only send it requests (each
+    server start is about 6 s of the suite). Tests that change a server's state start their own."""
     log_path = tmp_path_factory.mktemp("logs") / "server.log"
-    server = launch_server(
-        trained_repository, log_path, MNIST_MAX_REQUEST_IMAGES="4", MNIST_MAX_BODY_BYTES="400000"
-    )
-    yield server
-    stop_server(server)
+    with serving_the_tiny_model(trained_repository, log_path) as server:
+        yield server
 
 
 def copy_version(source_repository: Path, target_repository: Path, version: int = 1) -> None:

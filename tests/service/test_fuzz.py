@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -21,7 +22,7 @@ from schemathesis.checks import not_a_server_error
 
 from service.app import create_app
 from service.settings import Settings
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, serving_the_tiny_model
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
 FUZZ = settings(
@@ -30,6 +31,17 @@ FUZZ = settings(
     deadline=None,
     suppress_health_check=list(HealthCheck),
 )
+
+
+@pytest.fixture(scope="module")
+def served_model(
+    trained_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    """Its own server, not the suite's shared one: with no keys set the fuzzing reaches the
+    admin routes, and the labels or versions it may change must not leak into other tests."""
+    log_path = tmp_path_factory.mktemp("fuzz-logs") / "server.log"
+    with serving_the_tiny_model(trained_repository, log_path) as server:
+        yield server
 
 
 # The schema the service publishes, built without starting it (the model loads in the lifespan).
