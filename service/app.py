@@ -27,9 +27,10 @@ from service.errors import ServingError, error_response, handle_serving_error
 from service.fastlane import FastLane, takes_plain_parameters
 from service.health import router as health_router
 from service.http_protocol import LIMITS_KEY, ConnectionLimits
-from service.metrics import Metrics, multiprocess_directory
+from service.metrics import UPLOADS_BEHIND, Metrics, multiprocess_directory
 from service.middleware import RequestContextMiddleware, RequestRecord
 from service.overload import INFERENCE_PATH_ENDS, STATE_KEY, Admission, EarlyRefusal, OverloadGuard
+from service.preparation import Preparation, cores
 from service.protocols.admin import router as admin_router
 from service.protocols.native import router as native_router
 from service.protocols.tfserving import router as tfserving_router
@@ -125,6 +126,9 @@ def create_app(settings: Settings | None = None) -> ServingApp:
     admission = Admission(plane)
     early_refusal = EarlyRefusal(admission, keys, shutdown, record, tracing is not None)
     limits = ConnectionLimits(settings.client_read_timeout_seconds, record)
+    preparation = Preparation(
+        cores(), on_refused=lambda: metrics.rejected.labels(UPLOADS_BEHIND).inc()
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
@@ -138,6 +142,7 @@ def create_app(settings: Settings | None = None) -> ServingApp:
             if grpc is not None:  # its accepted calls finish while the plane still runs
                 await grpc.stop()
             await plane.stop()
+            preparation.close()
             if tracing is not None:
                 tracing.shutdown()
 
@@ -157,6 +162,7 @@ def create_app(settings: Settings | None = None) -> ServingApp:
     app.state.settings = settings
     app.state.dataplane = plane
     app.state.metrics = metrics
+    app.state.preparation = preparation
     routers = (health_router, v2_health_router, native_router, upload_router, tfserving_router)
     for router in (*routers, v2_router, admin_router, web_router, docs_router):
         # The routers carry no dependencies, so their routes join the app's own list as they

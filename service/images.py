@@ -99,6 +99,10 @@ def decode_upload(data: bytes, max_pixels: int, name: str = "image") -> Image.Im
         raise InvalidInput(f"{name} has no pixels")
     try:
         image.seek(0)  # GIF, WebP, TIFF: the first frame
+        if image.format in ("JPEG", "MPO"):
+            # libjpeg scales by 1/2 to 1/8 while it decodes: a 12-megapixel photo comes out at
+            # 1000x750, all the working size needs, in half the time and 1/16 of the memory.
+            image.draft(None, (WORKING_SIDE, WORKING_SIDE))
         image.load()
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError) as exc:
         raise InvalidInput(f"{name} is corrupt or truncated: {exc}") from None

@@ -40,7 +40,9 @@ LATENCY_BUCKETS = (
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-REJECT_REASONS = ("over_budget", "queue_full", "shutting_down")
+UPLOADS_BEHIND = "uploads_behind"
+"""Image uploads refused because their preparation (decoding, filtering) would miss the budget."""
+REJECT_REASONS = ("over_budget", "queue_full", "shutting_down", UPLOADS_BEHIND)
 DROP_REASONS = ("deadline", "client_disconnected", "cancelled")
 _CGROUP_LIMITS = (
     Path("/sys/fs/cgroup/memory.max"),  # cgroup v2
@@ -129,7 +131,7 @@ class Metrics:
         self.rejected = Counter(
             "requests_rejected_total",
             "Inference requests refused before queueing (over_budget: would miss its time "
-            "budget; queue_full; shutting_down).",
+            "budget; queue_full; shutting_down; uploads_behind: image preparation would).",
             ["reason"],
             registry=r,
         )

@@ -50,7 +50,9 @@ class AdmittedCall:
     admitted_ns: int = 0
     """When it was admitted (tracing on only: the start of its "decode" span)."""
 
-    async def infer(self, images: npt.NDArray[np.float32]) -> Inference:
+    async def infer(self, images: npt.NDArray[np.float32], spent: float = 0.0) -> Inference:
+        """`spent`: the part of the budget already used on this side of the model (an upload's
+        wait for a preparation thread and its preparation)."""
         state = self.request.state
         state.images = len(images)
         tracing = self.plane.tracing
@@ -61,7 +63,7 @@ class AdmittedCall:
             self.name,
             self.version,
             self.label,
-            budget=self.budget,
+            budget=self.budget - spent,
             abandoned=lambda: client_gone(self.request),
         )
         if tracing is not None:  # for the request span; "encode" starts here

@@ -7,8 +7,9 @@ preprocessed the way MNIST was made (`service.images`), off the event loop, then
 
 from __future__ import annotations
 
-import asyncio
 import base64
+import time
+from functools import partial
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -21,6 +22,7 @@ from starlette.types import Message, Receive
 from service.errors import InvalidInput, MalformedRequest, PayloadTooLarge, UnsupportedMediaType
 from service.images import PreparedImage, prepare_upload
 from service.params import parse_length_header
+from service.preparation import PLANNED_SHARE, Preparation
 from service.protocols.admission import admit
 from service.protocols.body import json_response, read_body, settings_of
 from service.protocols.native import LabelQuery, VersionQuery, chosen_version, native_body
@@ -101,7 +103,7 @@ def _replay(body: bytes) -> Receive:
 
 
 def prepare_all(uploads: list[tuple[str, bytes]], max_pixels: int) -> list[PreparedImage]:
-    """Runs in a worker thread: decoding and filtering a photo takes milliseconds of CPU."""
+    """Runs on a preparation thread: decoding and filtering a photo takes milliseconds of CPU."""
     return [prepare_upload(data, max_pixels, name) for name, data in uploads]
 
 
@@ -123,12 +125,21 @@ async def predict_image(
     """PNG, JPEG, BMP, GIF (first frame), WebP or TIFF; any size, colour mode and background."""
     settings = settings_of(request)
     call = admit(request, settings.model_name, *chosen_version(version, label))
-    uploads = await read_uploads(request, settings)
-    if len(uploads) > settings.max_upload_images:
-        raise InvalidInput(f"{len(uploads)} images; at most {settings.max_upload_images} at once")
-    prepared = await asyncio.to_thread(prepare_all, uploads, settings.max_image_pixels)
+    preparation: Preparation = request.app.state.preparation
+    with preparation.admitted(call.budget):
+        uploads = await read_uploads(request, settings)
+        if len(uploads) > settings.max_upload_images:
+            raise InvalidInput(
+                f"{len(uploads)} images; at most {settings.max_upload_images} at once"
+            )
+        # The budget counts from here: the time the body took to arrive is the client's network.
+        read = time.monotonic()
+        prepared = await preparation.run(
+            partial(prepare_all, uploads, settings.max_image_pixels),
+            deadline=read + call.budget * PLANNED_SHARE,
+        )
     images = np.stack([p.pixels for p in prepared])[..., None].astype(np.float32)
-    body = native_body(await call.infer(images))
+    body = native_body(await call.infer(images, spent=time.monotonic() - read))
     if return_input != "none":
         for prediction, image in zip(body["predictions"], prepared, strict=True):
             if return_input == "png":

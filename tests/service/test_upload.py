@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -14,6 +16,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import LiveServer, launch_server, stop_server
+from tests.service.test_server import metric, scrape
 from training.data import MnistSplits
 
 MAX_UPLOAD_BYTES = 300_000
@@ -192,3 +195,37 @@ def test_every_colour_mode_is_read_or_refused_as_a_client_error(
     assert answer.status_code in (200, 422), answer.text
     if answer.status_code == 422:
         assert "could not be read" in answer.json()["error"]
+
+
+def test_a_flood_of_photos_is_refused_by_time_not_queued(server: LiveServer) -> None:
+    """Preparing a photo costs the server tens of milliseconds that the model's queue does not
+    see: uploads beyond what can be prepared within the budget get a fast 503, not a long wait."""
+    rng = np.random.default_rng(0)
+    paper = (200 + rng.integers(0, 10, (1500, 2000, 3))).astype(np.uint8)  # textured, like a photo
+    paper[300:1200, 960:1040] = 20
+    buffer = io.BytesIO()
+    Image.fromarray(paper).save(buffer, format="JPEG", quality=75)
+    photo = buffer.getvalue()
+    assert len(photo) < MAX_UPLOAD_BYTES
+
+    def send(_: int) -> httpx.Response:
+        headers = {"Content-Type": "image/jpeg"}
+        return httpx.post(
+            f"{server.url}/v1/predict/image", content=photo, headers=headers, timeout=30
+        )
+
+    with ThreadPoolExecutor(48) as senders:
+        answers = list(senders.map(send, range(96)))
+    statuses = Counter(answer.status_code for answer in answers)
+    # Some prepared and answered, some refused at once; a deadline's 504 is allowed (an accepted
+    # request may still miss it on this busy machine), a queue of seconds is not.
+    assert statuses[200] and statuses[503] and set(statuses) <= {200, 503, 504}, statuses
+    for answer in answers:
+        if answer.status_code == 503:
+            assert answer.json()["code"] == "overloaded"
+            assert int(answer.headers["Retry-After"]) >= 1
+    counted = scrape(server)
+    behind = metric(counted, "requests_rejected_total", reason="uploads_behind")
+    late = metric(counted, "requests_rejected_total", reason="over_budget")  # once prepared
+    assert behind > 0
+    assert behind + late >= statuses[503]
