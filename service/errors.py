@@ -110,6 +110,11 @@ class HeadersTooLarge(ServingError):
     code = "headers_too_large"
 
 
+class UriTooLong(ServingError):
+    status = 414
+    code = "uri_too_long"
+
+
 class ClientGone(ServingError):
     """The client closed the connection before its answer was ready (nginx's 499); the request
     was dropped, and nobody reads this status but the access log and metrics."""

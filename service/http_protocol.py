@@ -17,7 +17,8 @@ not a request whose headers or body stall: 500 such connections (headers and a f
 then nothing) were all still open after 30 s, each holding a socket and its task. A request
 that sends no byte for `MNIST_CLIENT_READ_TIMEOUT_SECONDS` (10 s; nginx's client_body_timeout
 is 60 s) gets 408 and its connection is closed. And httptools buffers a request line and
-headers of any length (200 MB sent by one client: +228 MiB): past 64 KiB they get 431.
+headers of any length (200 MB sent by one client: +228 MiB): past 64 KiB they get 431 (a request
+target past it 414), counted as they arrive and checked again once parsed.
 
 An upgrade offer (`Upgrade: h2c`, which curl --http2, Java's HttpClient and Spring's RestClient
 add to ordinary requests, or `Upgrade: websocket`) is declined, as RFC 9110 section 7.8 allows,
@@ -44,6 +45,7 @@ from service.errors import (
     MalformedRequest,
     ReadTimedOut,
     ServingError,
+    UriTooLong,
     error_response,
 )
 from service.middleware import (
@@ -241,6 +243,13 @@ class EarlyRefusalProtocol(HttpToolsProtocol):
             self._replaying_framing = False
             return
         self._headers_done, self._reading_head = True, False
+        limits: ConnectionLimits | None = self.app_state.get(LIMITS_KEY)
+        if limits is not None:
+            oversized = self._oversized_head(limits.max_head_bytes)
+            if oversized is not None:
+                self.cycle = self._answered_cycle(keep_alive=False)  # its body is dropped
+                self._refuse_head(limits, oversized)
+                return
         early: EarlyRefusal | None = self.app_state.get(STATE_KEY)
         answer = None
         if (
@@ -258,7 +267,13 @@ class EarlyRefusalProtocol(HttpToolsProtocol):
             super().on_headers_complete()
             return
         status, headers, body = answer
-        self.cycle = RequestResponseCycle(
+        self.cycle = self._answered_cycle(keep_alive=True)
+        self._write(status, headers, body)
+        self.on_response_complete()
+
+    def _answered_cycle(self, keep_alive: bool) -> RequestResponseCycle:
+        """The cycle of a request answered here: the body that follows is read and dropped."""
+        cycle = RequestResponseCycle(
             scope=self.scope,
             transport=self.transport,
             flow=self.flow,
@@ -268,9 +283,18 @@ class EarlyRefusalProtocol(HttpToolsProtocol):
             default_headers=self.server_state.default_headers,
             message_event=asyncio.Event(),
             expect_100_continue=False,
-            keep_alive=True,
+            keep_alive=keep_alive,
             on_response=self.on_response_complete,
         )
-        self.cycle.response_complete = True  # the body that follows is dropped
-        self._write(status, headers, body)
-        self.on_response_complete()
+        cycle.response_complete = True
+        return cycle
+
+    def _oversized_head(self, limit: int) -> ServingError | None:
+        """The limit, checked on the parsed head: `data_received` counts what arrives, but a
+        head that arrives whole in one read (up to ~256 KiB) is parsed before it can count."""
+        if len(self.url) > limit:
+            return UriTooLong(f"the request target exceeds {limit // 1024} KiB")
+        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if size > limit:
+            return HeadersTooLarge(f"request line and headers exceed {limit // 1024} KiB")
+        return None
