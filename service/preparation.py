@@ -21,12 +21,11 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TypeVar
 
+from service.batcher import PLANNED_SHARE
 from service.errors import Overloaded
 
 T = TypeVar("T")
 
-PLANNED_SHARE = 0.8
-"""As the batcher's: plan to finish within this share of the budget, the rest for the model."""
 PRIOR_SECONDS = 0.05
 """A photo's preparation before any was measured (12 megapixels: ~0.1 s; a canvas: ~5 ms)."""
 LEARNING_RATE = 0.2
@@ -55,8 +54,9 @@ class Preparation:
 
     @contextmanager
     def admitted(self, budget: float) -> Iterator[None]:
-        """Refuse now, before the body is read, if the uploads ahead would take past `budget`;
-        otherwise count this request as ahead of the next ones until it is prepared."""
+        """Refuse now, before the body is read, if the uploads ahead would take past the share
+        of `budget` the batcher also plans with (the rest is the model's); otherwise count this
+        request as ahead of the next ones until it is prepared."""
         wait = self.estimated_wait()
         if self._admitted and wait > budget * PLANNED_SHARE:
             self._on_refused()

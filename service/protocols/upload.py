@@ -19,10 +19,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive
 
+from service.batcher import PLANNED_SHARE
 from service.errors import InvalidInput, MalformedRequest, PayloadTooLarge, UnsupportedMediaType
 from service.images import PreparedImage, prepare_upload
 from service.params import parse_length_header
-from service.preparation import PLANNED_SHARE, Preparation
+from service.preparation import Preparation
 from service.protocols.admission import admit
 from service.protocols.body import json_response, read_body, settings_of
 from service.protocols.native import LabelQuery, VersionQuery, chosen_version, native_body
