@@ -15,11 +15,12 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import ServingError, ShuttingDown, send_error
+from service.logs import AccessLog
 from service.metrics import Metrics
 from service.tracing import Tracing
 
 log = logging.getLogger("service.middleware")
-access_log = logging.getLogger("service.access")
+access_log = AccessLog("service.access")
 
 REQUEST_ID_HEADER = b"x-request-id"
 OPEN_WHILE_DRAINING = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live"})
@@ -133,6 +134,10 @@ class RequestRecord:
     def __init__(self, metrics: Metrics, log_requests: bool = True) -> None:
         self.metrics = metrics
         self.log_requests = log_requests
+        # Each request's series, found once: `labels()` validates and locks on every call. As
+        # bounded as the series themselves (route templates, llhttp's methods, statuses).
+        self._counted: dict[tuple[str, str, int], Any] = {}
+        self._timed: dict[tuple[str, str], Any] = {}
 
     def __call__(
         self,
@@ -145,8 +150,17 @@ class RequestRecord:
         state: dict[str, Any],
         trace_id: str | None = None,
     ) -> None:
-        self.metrics.http_requests.labels(method, template, str(status)).inc()
-        self.metrics.http_duration.labels(method, template).observe(elapsed)
+        counted = self._counted.get((method, template, status))
+        if counted is None:
+            counted = self.metrics.http_requests.labels(method, template, str(status))
+            self._counted[method, template, status] = counted
+        counted.inc()
+        timed = self._timed.get((method, template))
+        if timed is None:
+            timed = self._timed[method, template] = self.metrics.http_duration.labels(
+                method, template
+            )
+        timed.observe(elapsed)
         if self.log_requests:
             fields = {
                 "request_id": request_id,
@@ -159,7 +173,7 @@ class RequestRecord:
             }
             if trace_id is not None:
                 fields["trace_id"] = trace_id
-            access_log.info("request", extra=fields)
+            access_log.info("request", fields)
 
 
 async def _discard_body(receive: Receive) -> None:

@@ -39,12 +39,13 @@ from service.grpc_api.protos import inference_grpc
 from service.grpc_api.tfserving import ModelService, PredictionService
 from service.grpc_api.tfserving_protos import tfserving_grpc
 from service.grpc_api.v2 import InferenceService
+from service.logs import AccessLog
 from service.metrics import Metrics
 from service.middleware import new_request_id
 from service.settings import Settings
 
 log = logging.getLogger("service.grpc")
-access_log = logging.getLogger("service.access")
+access_log = AccessLog("service.access")
 
 INFERENCE_SERVICE = "inference.GRPCInferenceService"
 TFSERVING_SERVICES = ("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
@@ -129,7 +130,7 @@ class CallRecorder:
                 duration.observe(elapsed)
                 access_log.info(
                     "grpc",
-                    extra={
+                    {
                         "request_id": request_id,
                         "method": method,
                         "code": code.name,
