@@ -90,11 +90,7 @@ class EarlyRefusalProtocol(HttpToolsProtocol):
         if self._reading_head and not self.transport.is_closing():
             limits: ConnectionLimits | None = self.app_state.get(LIMITS_KEY)
             if limits is not None and self._head_bytes > limits.max_head_bytes:
-                size = limits.max_head_bytes // 1024
-                self._refuse_head(
-                    limits,
-                    HeadersTooLarge(f"request line and headers exceed {size} KiB"),
-                )
+                self._refuse_head(limits, _head_too_large(limits.max_head_bytes))
 
     def _feed(self, data: bytes) -> None:
         """uvicorn's `data_received`, except that an upgrade offer is declined, not obeyed."""
@@ -296,5 +292,9 @@ class EarlyRefusalProtocol(HttpToolsProtocol):
             return UriTooLong(f"the request target exceeds {limit // 1024} KiB")
         size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
         if size > limit:
-            return HeadersTooLarge(f"request line and headers exceed {limit // 1024} KiB")
+            return _head_too_large(limit)
         return None
+
+
+def _head_too_large(limit: int) -> HeadersTooLarge:
+    return HeadersTooLarge(f"request line and headers exceed {limit // 1024} KiB")

@@ -109,12 +109,12 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
 class AccessLog:
     """The access log's info lines, one per answered request or call.
 
-    Through the logging module such a line cost the event loop ~110 us of CPU per request under
-    load (a LogRecord of some thirty attributes, the handler chain, a formatter walking them):
-    about a tenth of a single image's cost at concurrency 64. When the line would end in this
-    module's JSON handler alone, as `configure_logging` sets it up, it is written there directly:
-    the same JSON, ~45 us. Any other set-up (the text format, a handler or filter someone added,
-    a level that hides it) gets the line through the logging module as before.
+    Through the logging module such a line (a LogRecord of some thirty attributes, the handler
+    chain, a formatter walking them) was about a tenth of the server's CPU per single-image
+    request at concurrency 64. When the line would end in this module's JSON handler alone, as
+    `configure_logging` sets it up, it is written there directly, the same JSON, in about 40% of
+    that time. Any other set-up (the text format, a handler or filter someone added, a level
+    that hides it) gets the line through the logging module as before.
     """
 
     def __init__(self, name: str) -> None:

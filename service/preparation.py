@@ -8,6 +8,11 @@ held its body, every running one its decoded pixels). Here, like the model's que
 ahead of a request are turned into a wait (their count times the measured time per upload, over
 the threads): a request that would wait past its budget is refused with 503 and `Retry-After`
 before its body is read, and one that is admitted waits for a thread no longer than its budget.
+
+An upload whose body is still arriving a budget after it was admitted is on a slow link, and is
+not counted ahead of later ones until its body is in: otherwise twenty phones sending photos
+over a slow network, each counted at a photo's preparation time, refused every other upload,
+the drawing page's 5 ms canvases included, while the threads stood idle.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TypeVar
 
 from service.batcher import PLANNED_SHARE
@@ -39,38 +45,57 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
+@dataclass(eq=False)
+class Upload:
+    admitted: float
+    """When it was admitted (`time.monotonic()`)."""
+    arrived: bool = False
+
+    def body_arrived(self) -> None:
+        self.arrived = True
+
+
 class Preparation:
     def __init__(self, threads: int, on_refused: Callable[[], None]) -> None:
         self.threads = threads
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="prepare-upload")
         self._slots: asyncio.Semaphore | None = None
-        self._admitted = 0
+        self._uploads: set[Upload] = set()
         self._seconds = PRIOR_SECONDS
         self._on_refused = on_refused
 
-    def estimated_wait(self) -> float:
+    def ahead(self, window: float = math.inf) -> int:
+        """Uploads admitted and not yet prepared, less those whose bodies are still arriving
+        more than `window` seconds after they were admitted."""
+        since = time.monotonic() - window
+        return sum(1 for upload in self._uploads if upload.arrived or upload.admitted >= since)
+
+    def estimated_wait(self, window: float = math.inf) -> float:
         """Until a request admitted now would be prepared: the uploads ahead, then its own."""
-        return (self._admitted + 1) * self._seconds / self.threads
+        return (self.ahead(window) + 1) * self._seconds / self.threads
 
     @contextmanager
-    def admitted(self, budget: float) -> Iterator[None]:
+    def admitted(self, budget: float) -> Iterator[Upload]:
         """Refuse now, before the body is read, if the uploads ahead would take past the share
         of `budget` the batcher also plans with (the rest is the model's); otherwise count this
-        request as ahead of the next ones until it is prepared."""
-        wait = self.estimated_wait()
-        if self._admitted and wait > budget * PLANNED_SHARE:
+        request as ahead of the next ones until it is prepared. The caller says when its body
+        has arrived (`Upload.body_arrived`)."""
+        ahead = self.ahead(window=budget)
+        wait = (ahead + 1) * self._seconds / self.threads
+        if ahead and wait > budget * PLANNED_SHARE:
             self._on_refused()
             raise Overloaded(
-                f"server overloaded: {self._admitted} uploads are ahead of this one, about "
+                f"server overloaded: {ahead} uploads are ahead of this one, about "
                 f"{wait * 1000:.0f} ms of image preparation, too late for its "
                 f"{budget * 1000:.0f} ms budget; retry later",
                 {"Retry-After": str(max(1, math.ceil(wait)))},
             )
-        self._admitted += 1
+        upload = Upload(time.monotonic())
+        self._uploads.add(upload)
         try:
-            yield
+            yield upload
         finally:
-            self._admitted -= 1
+            self._uploads.discard(upload)
 
     async def run(self, work: Callable[[], T], deadline: float) -> T:
         """`work` on a preparation thread once one is free, unless none is by `deadline` (a

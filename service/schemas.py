@@ -66,6 +66,12 @@ class PredictResponse(BaseModel):
     }
 
 
+class LabelTarget(BaseModel):
+    """The body of `PUT /v1/admin/models/{name}/labels/{label}`."""
+
+    version: int = Field(ge=1, examples=[2])
+
+
 class ErrorResponse(BaseModel):
     error: str = Field(description="What was wrong, for a human.")
     code: str = Field(description="Machine-readable error code.")

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Body
+from fastapi import APIRouter
+from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service.errors import ModelNotFound
+from service.errors import InvalidInput, ModelNotFound
 from service.params import parse_label, shown
-from service.protocols.body import json_response, plane_of
-from service.schemas import ERROR_RESPONSES
+from service.protocols.body import json_response, plane_of, read_json, settings_of
+from service.schemas import ERROR_RESPONSES, LabelTarget
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])  # admin key: see service.auth
 
@@ -38,16 +37,26 @@ async def describe(request: Request, name: str) -> Response:
     "/models/{name}/labels/{label}",
     summary="Point a label (stable, canary, ...) at a served version",
     responses=ERROR_RESPONSES,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": LabelTarget.model_json_schema()}},
+        }
+    },
 )
-async def set_label(
-    request: Request,
-    name: str,
-    label: str,
-    version: Annotated[int, Body(embed=True, ge=1, examples=[2])],
-) -> Response:
+async def set_label(request: Request, name: str, label: str) -> Response:
+    """The body is read as every other route reads it (a compressed body decoded, the body
+    limit, the same 400/415 errors), not by FastAPI's own body parameter."""
     plane = plane_of(request)
     _check_name(name, plane.name)
-    plane.set_label(parse_label(label, in_path=False), version)
+    payload, _ = await read_json(request, settings_of(request))
+    try:
+        target = LabelTarget.model_validate(payload)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in ("body", *first["loc"]))
+        raise InvalidInput(f"{where}: {first['msg']}") from None
+    plane.set_label(parse_label(label, in_path=False), target.version)
     return json_response(plane.describe())
 
 

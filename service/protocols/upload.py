@@ -127,8 +127,9 @@ async def predict_image(
     settings = settings_of(request)
     call = admit(request, settings.model_name, *chosen_version(version, label))
     preparation: Preparation = request.app.state.preparation
-    with preparation.admitted(call.budget):
+    with preparation.admitted(call.budget) as upload:
         uploads = await read_uploads(request, settings)
+        upload.body_arrived()
         if len(uploads) > settings.max_upload_images:
             raise InvalidInput(
                 f"{len(uploads)} images; at most {settings.max_upload_images} at once"

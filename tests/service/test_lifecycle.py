@@ -3,6 +3,7 @@ load, refused versions, graceful shutdown and API keys."""
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import json
 import shutil
@@ -128,6 +129,15 @@ def test_versions_and_labels_in_both_protocols(
         assert native(label="canary").json()["model_version"] == "2"
         refused = client.put("/v1/admin/models/mnist/labels/canary", json={"version": 9})
         assert refused.status_code == 422
+        invalid = client.put("/v1/admin/models/mnist/labels/canary", json={"version": 0})
+        assert invalid.status_code == 422
+        assert invalid.json()["error"].startswith("body.version: ")
+        compressed = client.put(  # read as every route reads its body
+            "/v1/admin/models/mnist/labels/canary",
+            content=gzip.compress(b'{"version": 1}'),
+            headers={"content-type": "application/json", "content-encoding": "gzip"},
+        )
+        assert compressed.json()["labels"] == {"stable": 1, "canary": 1}
         assert client.delete("/v1/admin/models/mnist/labels/canary").status_code == 200
         assert native(label="canary").status_code == 404
 

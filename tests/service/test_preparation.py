@@ -61,3 +61,27 @@ def test_an_admitted_upload_waits_for_a_thread_only_until_its_deadline() -> None
 
     asyncio.run(scenario())
     preparation.close()
+
+
+def test_uploads_whose_bodies_are_slow_to_arrive_do_not_hold_off_the_others() -> None:
+    """Phones sending photos over a slow network: counted ahead while their bodies could still
+    arrive within a newcomer's budget, and again once they have arrived."""
+    refused: list[int] = []
+    preparation = Preparation(1, on_refused=lambda: refused.append(1))
+    budget = 0.3  # with the prior 50 ms per upload, room for three ahead (4 x 50 <= 0.8 x 300)
+    with contextlib.ExitStack() as slow:
+        uploads = [slow.enter_context(preparation.admitted(budget=10.0)) for _ in range(20)]
+        with pytest.raises(Overloaded, match="20 uploads are ahead"):
+            slow.enter_context(preparation.admitted(budget))
+        time.sleep(budget)  # a budget later, no body in yet: slow links
+        with preparation.admitted(budget):
+            pass
+        for upload in uploads[:3]:
+            upload.body_arrived()
+        with preparation.admitted(budget):  # three ahead
+            pass
+        uploads[3].body_arrived()
+        with pytest.raises(Overloaded, match="4 uploads are ahead"):
+            slow.enter_context(preparation.admitted(budget))
+    assert refused == [1, 1]
+    preparation.close()
