@@ -132,10 +132,10 @@ class AccessLog:
     def _json_handler(self) -> BufferedStreamHandler | None:
         """The one handler a record of this logger would reach, if it is ours writing JSON and
         nothing would filter the record (what `Logger.callHandlers` would do)."""
-        logger: logging.Logger | None = self.logger
-        if logger is None or logger.filters or not logger.isEnabledFor(logging.INFO):
+        if self.logger.filters or not self.logger.isEnabledFor(logging.INFO):
             return None
         found: logging.Handler | None = None
+        logger: logging.Logger | None = self.logger
         while logger is not None:
             for handler in logger.handlers:
                 if found is not None or handler.level > logging.INFO:
