@@ -36,12 +36,12 @@ _second: tuple[int, str] = (0, "")
 def _timestamp(created: float) -> str:
     """ISO 8601 in UTC to the millisecond, as `datetime.isoformat(timespec="milliseconds")`."""
     global _second
-    micros = round(created * 1_000_000)
-    second, micro = divmod(micros, 1_000_000)
-    if _second[0] != second:
+    second, micro = divmod(round(created * 1_000_000), 1_000_000)
+    cached = _second  # read once: another thread may replace it meanwhile
+    if cached[0] != second:
         clock = dt.datetime.fromtimestamp(second, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        _second = (second, clock)
-    return f"{_second[1]}.{micro // 1000:03d}+00:00"
+        cached = _second = (second, clock)
+    return f"{cached[1]}.{micro // 1000:03d}+00:00"
 
 
 class TextFormatter(logging.Formatter):
