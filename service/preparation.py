@@ -70,9 +70,12 @@ class Preparation:
         since = time.monotonic() - window
         return sum(1 for upload in self._uploads if upload.arrived or upload.admitted >= since)
 
-    def estimated_wait(self, window: float = math.inf) -> float:
-        """Until a request admitted now would be prepared: the uploads ahead, then its own."""
-        return (self.ahead(window) + 1) * self._seconds / self.threads
+    def estimated_wait(self, ahead: int | None = None) -> float:
+        """Until a request admitted now would be prepared: the uploads ahead (by default all
+        admitted and not yet prepared), then its own."""
+        if ahead is None:
+            ahead = self.ahead()
+        return (ahead + 1) * self._seconds / self.threads
 
     @contextmanager
     def admitted(self, budget: float) -> Iterator[Upload]:
@@ -81,7 +84,7 @@ class Preparation:
         request as ahead of the next ones until it is prepared. The caller says when its body
         has arrived (`Upload.body_arrived`)."""
         ahead = self.ahead(window=budget)
-        wait = (ahead + 1) * self._seconds / self.threads
+        wait = self.estimated_wait(ahead)
         if ahead and wait > budget * PLANNED_SHARE:
             self._on_refused()
             raise Overloaded(

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
+from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service.errors import InvalidInput, ModelNotFound
+from service.errors import ModelNotFound
 from service.params import parse_label, shown
 from service.protocols.body import json_response, plane_of, read_json, settings_of
 from service.schemas import ERROR_RESPONSES, LabelTarget
@@ -52,10 +53,9 @@ async def set_label(request: Request, name: str, label: str) -> Response:
     payload, _ = await read_json(request, settings_of(request))
     try:
         target = LabelTarget.model_validate(payload)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in ("body", *first["loc"]))
-        raise InvalidInput(f"{where}: {first['msg']}") from None
+    except ValidationError as exc:  # worded by the app's handler, as FastAPI's own body was
+        errors = [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
+        raise RequestValidationError(errors) from None
     plane.set_label(parse_label(label, in_path=False), target.version)
     return json_response(plane.describe())
 
