@@ -10,7 +10,6 @@ root to mount; skipped otherwise).
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import os
 import shutil
@@ -27,7 +26,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from bench.harness import ensure_model, served  # noqa: E402
+from bench.harness import arguments, ensure_model, served  # noqa: E402
 from bench.reload_memory import newest_version, publish  # noqa: E402
 from tests.fault_model import HANG_PIXEL, RAISE_PIXEL, export_faulty_version  # noqa: E402
 
@@ -175,9 +174,7 @@ def disk_full_export(data_dir: str | None) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model-repository", type=Path, default=Path("models"))
-    parser.add_argument("--data-dir", default=os.environ.get("MNIST_DIR"))
+    parser = arguments(__doc__)
     args = parser.parse_args()
     ensure_model(args.model_repository, args.data_dir)
     source = newest_version(args.model_repository / "mnist")

@@ -23,10 +23,8 @@ not-a-digit pictures flagged (per kind), and MNIST's 10,000 test digits (sent as
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import json
-import os
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -36,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import ensure_model, served
+from bench.harness import arguments, ensure_model, served
 from training.calibration import expected_calibration_error, softmax
 from training.not_digits import not_digits
 from training.synthetic import (
@@ -197,9 +195,7 @@ def report_not_digits(samples: list[Sample], predictions: list[dict[str, object]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model-repository", type=Path, default=Path("models"))
-    parser.add_argument("--data-dir", default=os.environ.get("MNIST_DIR"))
+    parser = arguments(__doc__)
     parser.add_argument(
         "--versions",
         default="",

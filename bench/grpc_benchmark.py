@@ -20,9 +20,7 @@ alternated.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -38,6 +36,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from bench.harness import (  # noqa: E402
+    arguments,
     ensure_model,
     in_process_ceiling,
     request_body,
@@ -149,13 +148,9 @@ def calls_not_ok(metrics_url: str) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model-repository", type=Path, default=Path("models"))
-    parser.add_argument("--data-dir", default=os.environ.get("MNIST_DIR"))
+    parser = arguments(__doc__, cores=True)
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--server-core", default="1")
-    parser.add_argument("--client-core", default="0")
     parser.add_argument(
         "--generator",
         choices=("auto", "h2load", "python"),

@@ -1,8 +1,9 @@
-"""What the benchmarks share: a model to serve, real request bodies, a served process pinned to a
-core, its memory, and the model's in-process ceiling."""
+"""What the benchmarks share: their common flags, a model to serve, real request bodies, a served
+process pinned to a core, its memory, and the model's in-process ceiling."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -16,6 +17,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+
+
+def arguments(doc: str | None, cores: bool = False) -> argparse.ArgumentParser:
+    """A benchmark's command line: described by its docstring's first line, with the model
+    repository and the MNIST data (`MNIST_DIR`) and, for one that serves, the cores the server
+    and the load generator are pinned to."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n")[0])
+    parser.add_argument("--model-repository", type=Path, default=Path("models"))
+    parser.add_argument("--data-dir", default=os.environ.get("MNIST_DIR"))
+    if cores:
+        parser.add_argument("--server-core", default="1")
+        parser.add_argument("--client-core", default="0")
+    return parser
 
 
 def ensure_model(repository: Path, data_dir: str | None) -> None:

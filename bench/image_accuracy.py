@@ -11,10 +11,8 @@ lit unevenly from a random side, with sensor noise, as a JPEG.
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import io
-import os
 import sys
 import time
 from pathlib import Path
@@ -24,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.harness import served
+from bench.harness import arguments, served
 from training.data import load_mnist
 
 KINDS = ("png-gray", "png-rgb", "png-rgba", "jpeg", "photo")
@@ -77,9 +75,7 @@ def photo(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model-repository", type=Path, default=Path("models"))
-    parser.add_argument("--data-dir", default=os.environ.get("MNIST_DIR"))
+    parser = arguments(__doc__)
     parser.add_argument("--limit", type=int, default=10_000)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)

@@ -16,7 +16,6 @@ first.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -24,20 +23,16 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from bench.harness import ensure_model, in_process_ceiling, request_body, served, wrk  # noqa: E402
+from bench.harness import arguments, ensure_model, in_process_ceiling, request_body, served, wrk  # noqa: E402
 
 API_KEY = "mix-change-key"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model-repository", type=Path, default=Path("models"))
-    parser.add_argument("--data-dir", default=os.environ.get("MNIST_DIR"))
+    parser = arguments(__doc__, cores=True)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--single-seconds", type=int, default=8)
     parser.add_argument("--windows", type=int, default=3, help="4-second windows after the switch")
-    parser.add_argument("--server-core", default="1")
-    parser.add_argument("--client-core", default="0")
     args = parser.parse_args()
     ensure_model(args.model_repository, args.data_dir)
     with tempfile.TemporaryDirectory(prefix="mix-change-") as scratch:

@@ -17,7 +17,6 @@ figure.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import statistics
@@ -28,7 +27,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from bench.harness import ensure_model, in_process_ceiling, request_body, rss_mib, served  # noqa: E402
+from bench.harness import arguments, ensure_model, in_process_ceiling, request_body, rss_mib, served  # noqa: E402
 from bench.openloop import OpenLoop, Outcome, closed_loop, http_request, percentile  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -83,14 +82,10 @@ def measured_capacity(request: bytes, port: int, seconds: float = 8) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model-repository", type=Path, default=Path("models"))
-    parser.add_argument("--data-dir", default=os.environ.get("MNIST_DIR"))
+    parser = arguments(__doc__, cores=True)
     parser.add_argument("--images", type=int, default=32, help="images per request")
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--factors", default="1,2,5")
-    parser.add_argument("--server-core", default="1")
-    parser.add_argument("--client-core", default="0")
     parser.add_argument("--runtime", default="auto", help="the server's MNIST_RUNTIME")
     parser.add_argument(
         "--body", choices=["json", "raw"], default="json", help="raw: N x 784 uint8 bytes"

@@ -11,9 +11,7 @@ samples (py-spy's collapsed stacks, one thread per stack) for a flame graph.
 
 from __future__ import annotations
 
-import argparse
 import collections
-import os
 import re
 import shutil
 import subprocess
@@ -25,7 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from bench.harness import ensure_model, request_body, served, wrk  # noqa: E402
+from bench.harness import arguments, ensure_model, request_body, served, wrk  # noqa: E402
 
 API_KEY = "profile-key"
 FRAME = re.compile(r"^(?P<function>.*) \((?P<path>.*):\d+\)$")
@@ -83,9 +81,7 @@ def summarise(samples: Path, top: int) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model-repository", type=Path, default=Path("models"))
-    parser.add_argument("--data-dir", default=os.environ.get("MNIST_DIR"))
+    parser = arguments(__doc__, cores=True)
     parser.add_argument("--images", type=int, default=1, help="images per request")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--body", choices=["json", "raw"], default="json")
@@ -93,8 +89,6 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=15, help="leaf functions listed")
     parser.add_argument("--raw", type=Path, help="keep py-spy's collapsed stacks here")
-    parser.add_argument("--server-core", default="1")
-    parser.add_argument("--client-core", default="0")
     args = parser.parse_args()
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(py_spy).exists() or shutil.which("wrk") is None:

@@ -11,8 +11,6 @@ then the summary.
 
 from __future__ import annotations
 
-import argparse
-import os
 import shutil
 import sys
 import tempfile
@@ -24,7 +22,7 @@ import httpx
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from bench.harness import ensure_model, rss_mib, served  # noqa: E402
+from bench.harness import arguments, ensure_model, rss_mib, served  # noqa: E402
 
 
 def newest_version(model_dir: Path) -> Path:
@@ -38,9 +36,7 @@ def publish(source: Path, model_dir: Path, version: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model-repository", type=Path, default=Path("models"))
-    parser.add_argument("--data-dir", default=os.environ.get("MNIST_DIR"))
+    parser = arguments(__doc__)
     parser.add_argument("--reloads", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--every", type=int, default=20)

@@ -9,7 +9,6 @@ Versions are compared side by side on the same perturbed digits (default: the ne
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.harness import ensure_model
+from bench.harness import arguments, ensure_model
 from training.data import load_mnist
 from training.perturb import PERTURBATIONS, perturb_all
 
@@ -26,9 +25,7 @@ SEED = 2019  # the year of Morpho-MNIST; fixed, so every run perturbs the same w
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model-repository", type=Path, default=Path("models"))
-    parser.add_argument("--data-dir", default=os.environ.get("MNIST_DIR"))
+    parser = arguments(__doc__)
     parser.add_argument("--limit", type=int, default=10_000, help="test digits to use")
     parser.add_argument("--versions", default="", help="comma-separated (default: newest)")
     args = parser.parse_args()

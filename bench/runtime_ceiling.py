@@ -12,8 +12,6 @@ for each version in turn (two models compared in one run).
 
 from __future__ import annotations
 
-import argparse
-import os
 import statistics
 import sys
 import time
@@ -22,7 +20,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from bench.harness import ensure_model, in_process_ceiling  # noqa: E402
+from bench.harness import arguments, ensure_model, in_process_ceiling  # noqa: E402
 
 VARIANTS: dict[str, tuple[str, int, dict[str, str]]] = {
     "savedmodel": ("savedmodel", 0, {}),
@@ -63,9 +61,7 @@ def agreement(repository: Path, data_dir: str | None) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model-repository", type=Path, default=Path("models"))
-    parser.add_argument("--data-dir", default=os.environ.get("MNIST_DIR"))
+    parser = arguments(__doc__)
     parser.add_argument("--batches", default="1,8,32,64")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=3)

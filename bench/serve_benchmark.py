@@ -13,8 +13,6 @@ images first: throughput depends on the architecture, not on how well it was tra
 
 from __future__ import annotations
 
-import argparse
-import os
 import shutil
 import statistics
 import sys
@@ -26,6 +24,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from bench.harness import (  # noqa: E402
+    arguments,
     ensure_model,
     in_process_ceiling,
     request_body,
@@ -55,13 +54,9 @@ COMPARISONS = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model-repository", type=Path, default=Path("models"))
-    parser.add_argument("--data-dir", default=os.environ.get("MNIST_DIR"))
+    parser = arguments(__doc__, cores=True)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--server-core", default="1")
-    parser.add_argument("--client-core", default="0")
     parser.add_argument(
         "--no-access-log",
         dest="access_log",

@@ -12,7 +12,6 @@ run, then the totals.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import os
@@ -27,7 +26,7 @@ import httpx
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from bench.harness import ensure_model, request_body, served  # noqa: E402
+from bench.harness import arguments, ensure_model, request_body, served  # noqa: E402
 
 
 def classify(error: Exception) -> str:
@@ -77,9 +76,7 @@ def one_run(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model-repository", type=Path, default=Path("models"))
-    parser.add_argument("--data-dir", default=os.environ.get("MNIST_DIR"))
+    parser = arguments(__doc__)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--grace", type=float, default=2.0, help="MNIST_DRAIN_GRACE_SECONDS")

@@ -13,7 +13,6 @@ previous one long finished), the warm-up the first three reloads.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import os
@@ -26,7 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from bench.harness import ensure_model, request_body, rss_mib, served  # noqa: E402
+from bench.harness import arguments, ensure_model, request_body, rss_mib, served  # noqa: E402
 from bench.openloop import OpenLoop, http_request, percentile  # noqa: E402
 from bench.reload_memory import newest_version, publish  # noqa: E402
 
@@ -95,9 +94,7 @@ def plot(rss: list[tuple[float, float]], reloads: list[float], path: Path, title
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model-repository", type=Path, default=Path("models"))
-    parser.add_argument("--data-dir", default=os.environ.get("MNIST_DIR"))
+    parser = arguments(__doc__)
     parser.add_argument("--minutes", type=float, default=10)
     parser.add_argument("--rate", type=float, default=300, help="requests per second")
     parser.add_argument(

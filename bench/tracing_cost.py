@@ -16,7 +16,6 @@ wrk to the other, medians of `--repeats` runs, with the in-process ceiling of th
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import http.server
 import os
@@ -34,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import ensure_model, in_process_ceiling, request_body, served, wrk  # noqa: E402
+from bench.harness import arguments, ensure_model, in_process_ceiling, request_body, served, wrk  # noqa: E402
 
 
 class _Sink(http.server.BaseHTTPRequestHandler):
@@ -87,14 +86,10 @@ def environment(**variables: str) -> Iterator[None]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model-repository", type=Path, default=Path("models"))
-    parser.add_argument("--data-dir", default=os.environ.get("MNIST_DIR"))
+    parser = arguments(__doc__, cores=True)
     parser.add_argument("--base", default="HEAD~1", help="the commit to compare with")
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--server-core", default="1")
-    parser.add_argument("--client-core", default="0")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[64, 1])
     parser.add_argument(
         "--servers",

@@ -11,7 +11,6 @@ count and p50/p99/max latency; the answered photos per second; the server's RSS 
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -24,7 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from bench.harness import ensure_model, rss_mib, served  # noqa: E402
+from bench.harness import arguments, ensure_model, rss_mib, served  # noqa: E402
 from bench.openloop import percentile  # noqa: E402
 
 
@@ -68,14 +67,10 @@ print(json.dumps(outcomes))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model-repository", type=Path, default=Path("models"))
-    parser.add_argument("--data-dir", default=os.environ.get("MNIST_DIR"))
+    parser = arguments(__doc__, cores=True)
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--size", default="4000x3000", help="the photo's width x height")
-    parser.add_argument("--server-core", default="1")
-    parser.add_argument("--client-core", default="0")
     parser.add_argument("--code", type=Path, help="another checkout to serve from")
     args = parser.parse_args()
     ensure_model(args.model_repository, args.data_dir)
