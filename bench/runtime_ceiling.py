@@ -41,14 +41,14 @@ def agreement(repository: Path, data_dir: str | None) -> None:
     model_dir = repository / "mnist"
     newest = max(int(p.name) for p in model_dir.iterdir() if p.name.isdigit())
     model = load_model("mnist", newest, model_dir / str(newest), "tflite")
-    assert model.reference is not None
+    savedmodel = load_model("mnist", newest, model_dir / str(newest), "savedmodel")
     splits = load_mnist(data_dir)
     images = splits.test_images[..., None].astype(np.float32)
     served = np.concatenate(
         [model.predict(images[i : i + 500]) for i in range(0, len(images), 500)]
     )
     reference = np.concatenate(
-        [model.reference(images[i : i + 500]) for i in range(0, len(images), 500)]
+        [savedmodel.predict(images[i : i + 500]) for i in range(0, len(images), 500)]
     )
     digits, expected = served.argmax(axis=1), reference.argmax(axis=1)
     print(

@@ -451,7 +451,7 @@ class DataPlane:
             if settings.runtime != "auto":
                 raise
             fall_back_to_savedmodel(model, str(exc))
-        model.reference = None  # checked: the SavedModel's memory goes
+        model.reference = None  # checked: nothing needs the answers any more
         model.call_seconds = warm_up(model, (1, 2, 4, 8, 16, 32, settings.max_batch_size))
         deprioritise_compute_threads(settings.model_thread_niceness)
         if settings.correctness_gate:
