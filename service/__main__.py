@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import ValidationError
 
+from service.allocator import fix_mmap_threshold
 from service.logs import configure_logging
 from service.metrics import MULTIPROC_ENV
 from service.settings import ENV_PREFIX, load_settings
@@ -40,6 +41,7 @@ FLAGS: dict[str, str] = {
 
 def app_factory() -> FastAPI:
     """What each uvicorn worker process calls: settings come from the environment the CLI set."""
+    fix_mmap_threshold()  # before TensorFlow's allocations: see service/allocator.py
     from service.app import create_app
 
     settings = load_settings()
