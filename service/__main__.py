@@ -41,10 +41,11 @@ FLAGS: dict[str, str] = {
 
 def app_factory() -> FastAPI:
     """What each uvicorn worker process calls: settings come from the environment the CLI set."""
-    fix_mmap_threshold()  # before TensorFlow's allocations: see service/allocator.py
     from service.app import create_app
 
     settings = load_settings()
+    if settings.runtime != "savedmodel":
+        fix_mmap_threshold()  # before TensorFlow's allocations: see service/allocator.py
     configure_logging(settings.log_level, settings.log_format)
     return create_app(settings)
 

@@ -11,10 +11,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+
+from service.allocator import suit_tensorflow
+
+if TYPE_CHECKING:
+    from service.tflite import Conversion
 
 log = logging.getLogger("service.runtime")
 
@@ -55,6 +60,7 @@ class SavedModelPredictor:
 
 def load_savedmodel(path: Path) -> SavedModelPredictor:
     """The version's serving signature, checked; `ModelLoadError` for anything unservable."""
+    suit_tensorflow()
     tf = import_tensorflow()
     try:
         loaded = tf.saved_model.load(str(path))
@@ -190,41 +196,44 @@ def load_model(
     started = time.monotonic()
     metadata = read_metadata(path)
     unsure_below = recorded_unsure_threshold(path, metadata)
-    if runtime != "savedmodel":
-        from service.tflite import ConversionError, TFLitePredictor, convert
-
-        try:
-            conversion = convert(path, tflite_cache)
-            predictor = TFLitePredictor(conversion.content, threads)
-        except ConversionError as exc:
-            if runtime != "auto":
-                raise
-            _warn_fallback(str(exc), version)
-        else:
-            return LoadedModel(
-                name,
-                version,
-                path,
-                metadata,
-                time.monotonic() - started,
-                "tflite",
-                predictor,
-                reference=conversion.reference,
-                unsure_below=unsure_below,
-                signature_outputs=conversion.signature_outputs,
-            )
-    savedmodel = load_savedmodel(path)
+    converted = _converted(path, version, runtime, threads, tflite_cache)
+    if converted is not None:
+        predict, conversion = converted
+        used, reference, outputs = "tflite", conversion.reference, conversion.signature_outputs
+    else:
+        predict = savedmodel = load_savedmodel(path)
+        used, reference, outputs = "savedmodel", None, savedmodel.outputs
     return LoadedModel(
         name,
         version,
         path,
         metadata,
         time.monotonic() - started,
-        "savedmodel",
-        savedmodel,
+        used,
+        predict,
+        reference=reference,
         unsure_below=unsure_below,
-        signature_outputs=savedmodel.outputs,
+        signature_outputs=outputs,
     )
+
+
+def _converted(
+    path: Path, version: int, runtime: str, threads: int, tflite_cache: Path | None
+) -> tuple[Predict, Conversion] | None:
+    """The TensorFlow Lite runtime and what it was made from, or None: the SavedModel's to serve
+    (`runtime` "savedmodel", or "auto" with a version that did not convert)."""
+    if runtime == "savedmodel":
+        return None
+    from service.tflite import ConversionError, TFLitePredictor, convert
+
+    try:
+        conversion = convert(path, tflite_cache)
+        return TFLitePredictor(conversion.content, threads), conversion
+    except ConversionError as exc:
+        if runtime != "auto":
+            raise
+        _warn_fallback(str(exc), version)
+        return None
 
 
 def recorded_unsure_threshold(path: Path, metadata: dict[str, Any]) -> float:
