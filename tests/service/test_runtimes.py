@@ -21,10 +21,16 @@ def version_dir(trained_repository: Path) -> Path:
     return trained_repository / "mnist" / "1"
 
 
+@pytest.fixture(scope="module")
+def conversions(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache shared by the tests that only need the converted model: one conversion for all."""
+    return tmp_path_factory.mktemp("tflite-cache")
+
+
 def test_tflite_gives_the_savedmodels_digits_on_real_test_digits(
-    version_dir: Path, mnist: MnistSplits
+    version_dir: Path, conversions: Path, mnist: MnistSplits
 ) -> None:
-    model = load_model("mnist", 1, version_dir, runtime="tflite")
+    model = load_model("mnist", 1, version_dir, runtime="tflite", tflite_cache=conversions)
     savedmodel = load_model("mnist", 1, version_dir, runtime="savedmodel")
     assert (model.runtime, savedmodel.runtime) == ("tflite", "savedmodel")
     assert model.signature_outputs == savedmodel.signature_outputs == ("probabilities", "unsure")
@@ -57,14 +63,14 @@ def test_the_tflite_runtime_never_loads_the_savedmodel_in_the_server(
     assert check_runtime_agrees(model) <= 1e-4
 
 
-def test_only_the_probabilities_are_converted(version_dir: Path) -> None:
+def test_only_the_probabilities_are_converted(version_dir: Path, conversions: Path) -> None:
     """The version's signature also has `unsure` (a calibrated export); the service computes the
     flag itself, so the converted model has the one float output and no work for the other."""
     import tensorflow as tf
 
     signature = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
     assert set(signature.structured_outputs) == {"probabilities", "unsure"}
-    interpreter = tf.lite.Interpreter(model_content=convert(version_dir, None).content)
+    interpreter = tf.lite.Interpreter(model_content=convert(version_dir, conversions).content)
     (output,) = interpreter.get_output_details()
     assert output["dtype"] == np.float32
     assert list(output["shape"]) == [1, 10]
@@ -98,13 +104,15 @@ def test_a_version_that_cannot_be_converted_is_a_load_error(tmp_path: Path) -> N
     assert not isinstance(error.value, ConversionError)  # `auto` does not fall back for it
 
 
-def test_a_runtime_that_answers_differently_is_refused(version_dir: Path) -> None:
+def test_a_runtime_that_answers_differently_is_refused(
+    version_dir: Path, conversions: Path
+) -> None:
     """A real converted model that differs: weights quantised to 8 bits."""
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_saved_model(str(version_dir))
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    model = load_model("mnist", 1, version_dir, runtime="tflite")
+    model = load_model("mnist", 1, version_dir, runtime="tflite", tflite_cache=conversions)
     model.predict = TFLitePredictor(converter.convert(), threads=1)
     with pytest.raises(ModelLoadError, match="does not answer as the SavedModel does") as error:
         check_runtime_agrees(model)
