@@ -7,7 +7,8 @@ calls it: images/s at each batch size, every variant side by side, A B A B, medi
 Variants: the SavedModel (TensorFlow's defaults; oneDNN off; one thread per pool) and the
 TensorFlow Lite conversion (service/tflite.py; its default threads; one thread). Pinned to one
 core (`--core`), as the serving benchmarks pin the server. With `--versions`, each variant runs
-for each version in turn (two models compared in one run).
+for each version in turn (two models compared in one run). The allocator variants
+(`ALLOCATOR_VARIANTS`) run only when named in `--variants`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,19 @@ VARIANTS: dict[str, tuple[str, int, dict[str, str]]] = {
     "tflite": ("tflite", 0, {}),
     "tflite-1-thread": ("tflite", 1, {}),
 }
+FIXED_MMAP = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+"""glibc's mmap threshold as the server fixes it for TensorFlow Lite (`service.allocator`)."""
+ALLOCATOR_VARIANTS: dict[str, tuple[str, int, dict[str, str]]] = {
+    "tflite-mmap-fixed": ("tflite", 0, FIXED_MMAP),
+    "savedmodel-mmap-fixed": ("savedmodel", 0, FIXED_MMAP),
+    "savedmodel-mmap-32mib": (
+        "savedmodel",
+        0,
+        {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(64 << 20)},
+    ),
+}
+"""Not run unless named: the allocator settings of README "Soak" (`suit_tensorflow`'s is the
+last), each against the variant without it."""
 
 
 def agreement(repository: Path, data_dir: str | None) -> None:
@@ -87,7 +101,7 @@ def main() -> None:
         for batch in batches:
             for name in names:
                 variant, _, version = name.partition("@v")
-                runtime, threads, env = VARIANTS[variant]
+                runtime, threads, env = {**VARIANTS, **ALLOCATOR_VARIANTS}[variant]
                 rate = in_process_ceiling(
                     args.model_repository,
                     args.core,
