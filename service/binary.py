@@ -18,6 +18,7 @@ import numpy.typing as npt
 
 from service.decoding import IMAGE_SIDE, PIXELS, check_pixels
 from service.errors import InvalidInput, MalformedRequest
+from service.params import shown_shape
 
 RAW_MEDIA_TYPE = "application/octet-stream"
 NPY_MEDIA_TYPE = "application/x-npy"
@@ -48,7 +49,9 @@ def images_from_npy(body: bytes, max_images: int) -> npt.NDArray[np.float32]:
         (PIXELS,),
         (IMAGE_SIDE, IMAGE_SIDE, 1),
     ):
-        raise InvalidInput(f".npy array has shape {tuple(shape)}; images must be {_NPY_SHAPES}")
+        raise InvalidInput(
+            f".npy array has shape {shown_shape(tuple(shape))}; images must be {_NPY_SHAPES}"
+        )
     count = shape[0]
     if not count:
         raise InvalidInput(".npy array holds no images")

@@ -37,6 +37,11 @@ CODES = {
 }
 
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
+MAX_DETAILS_CHARS = 1_000
+"""The status message travels as trailing metadata (`grpc-message`, percent-encoded, up to 12
+bytes a character), which gRPC clients refuse past 16 KiB: a longer one reached the client as
+RESOURCE_EXHAUSTED instead of its real code. Messages quote client values in bounded form
+(`service.params.shown`, `shown_shape`); this is the last guard."""
 
 
 def code_for(error: ServingError) -> grpc.StatusCode:
@@ -53,6 +58,9 @@ def abort_with(handler: Handler) -> Handler:
         except ServingError as error:
             kept = tuple(context.trailing_metadata() or ())  # the request id
             retry = tuple((k.lower(), v) for k, v in error.headers.items())
-            await context.abort(code_for(error), error.message, trailing_metadata=kept + retry)
+            message = error.message
+            if len(message) > MAX_DETAILS_CHARS:
+                message = message[:MAX_DETAILS_CHARS] + "..."
+            await context.abort(code_for(error), message, trailing_metadata=kept + retry)
 
     return guarded  # type: ignore[return-value]

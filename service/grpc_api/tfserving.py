@@ -17,7 +17,7 @@ from service.errors import InvalidInput, ModelNotFound
 from service.grpc_api.admission import admit_within_deadline
 from service.grpc_api.errors import abort_with
 from service.grpc_api.tfserving_protos import tfserving, tfserving_grpc
-from service.params import parse_label, shown
+from service.params import parse_label, shown, shown_shape
 from service.protocols.tfserving import OUTPUT_TENSORS
 from service.runtime import INPUT_NAME, OUTPUT_NAME, SIGNATURE_NAME
 from service.settings import Settings
@@ -71,8 +71,8 @@ def _declared_shape(tensor_shape: Any, max_images: int) -> list[int]:
     image_shapes = ([IMAGE_SIDE, IMAGE_SIDE, 1], [IMAGE_SIDE, IMAGE_SIDE], [PIXELS])
     if not shape or shape[0] < 0 or shape[1:] not in image_shapes:
         raise InvalidInput(
-            f"input '{INPUT_NAME}' has shape {shape}; expected [N, 28, 28, 1], [N, 28, 28] or "
-            "[N, 784]"
+            f"input '{INPUT_NAME}' has shape {shown_shape(shape)}; expected [N, 28, 28, 1], "
+            "[N, 28, 28] or [N, 784]"
         )
     if shape[0] == 0:
         raise InvalidInput(f"input '{INPUT_NAME}' holds no images")

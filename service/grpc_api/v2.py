@@ -21,7 +21,7 @@ from service.errors import InvalidInput, ModelNotFound
 from service.grpc_api.admission import admit_within_deadline
 from service.grpc_api.errors import abort_with
 from service.grpc_api.protos import inference, inference_grpc
-from service.params import parse_version, shown
+from service.params import parse_version, shown, shown_shape
 from service.protocols.v2 import (
     ACCEPTED_SHAPES,
     DATATYPES,
@@ -70,7 +70,9 @@ def decode_images(request: Any, max_images: int) -> npt.NDArray[np.float32]:
     if not shape or any(d < 0 for d in shape):
         raise InvalidInput(f"input '{INPUT_NAME}' shape must be a list of non-negative integers")
     if shape[1:] not in ([IMAGE_SIDE, IMAGE_SIDE, 1], [IMAGE_SIDE, IMAGE_SIDE], [PIXELS]):
-        raise InvalidInput(f"input '{INPUT_NAME}' shape {shape} is not {ACCEPTED_SHAPES}")
+        raise InvalidInput(
+            f"input '{INPUT_NAME}' shape {shown_shape(shape)} is not {ACCEPTED_SHAPES}"
+        )
     count = shape[0]
     if count == 0:
         raise InvalidInput(f"input '{INPUT_NAME}' holds no images")

@@ -13,7 +13,7 @@ from service.dataplane import DataPlane
 from service.decoding import may_hold_booleans, parse_json
 from service.errors import MalformedRequest, PayloadTooLarge, UnsupportedMediaType
 from service.fastjson import Path
-from service.params import parse_length_header
+from service.params import parse_length_header, shown
 from service.settings import Settings
 
 
@@ -71,7 +71,7 @@ def require_json_content_type(request: Request, *, lenient: bool = False, also: 
     if lenient and media in ("application/x-www-form-urlencoded", "text/plain"):
         return
     raise UnsupportedMediaType(
-        f"unsupported Content-Type '{media}'; send the body as application/json{also}"
+        f"unsupported Content-Type {shown(media)}; send the body as application/json{also}"
     )
 
 

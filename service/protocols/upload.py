@@ -22,7 +22,7 @@ from starlette.types import Message, Receive
 from service.batcher import PLANNED_SHARE
 from service.errors import InvalidInput, MalformedRequest, PayloadTooLarge, UnsupportedMediaType
 from service.images import PreparedImage, prepare_upload
-from service.params import parse_length_header
+from service.params import parse_length_header, shown
 from service.preparation import Preparation
 from service.protocols.admission import admit
 from service.protocols.body import json_response, read_body, settings_of
@@ -91,7 +91,7 @@ async def read_uploads(request: Request, settings: Settings) -> list[tuple[str, 
     if media.startswith("image/"):
         return [("image", await read_body(request, settings.max_upload_bytes))]
     raise UnsupportedMediaType(
-        f"unsupported Content-Type '{media or 'none'}'; send an image (image/png, image/jpeg, "
+        f"unsupported Content-Type {shown(media or 'none')}; send an image (image/png, image/jpeg, "
         "...) as the body, or images as multipart/form-data"
     )
 

@@ -29,7 +29,7 @@ from service.decoding import (
     to_number_array,
 )
 from service.errors import InvalidInput, MalformedRequest, ModelNotFound, UnsupportedMediaType
-from service.params import parse_length_header, parse_version, shown
+from service.params import parse_length_header, parse_version, shown, shown_shape
 from service.protocols.admission import admit
 from service.protocols.body import json_response, plane_of, read_body, settings_of
 from service.runtime import INPUT_NAME, OUTPUT_NAME, UNSURE_NAME
@@ -233,7 +233,9 @@ def _decode_tensor(
         raise InvalidInput(f"input '{INPUT_NAME}' shape must be a list of non-negative integers")
     count = shape[0]
     if shape[1:] not in ([IMAGE_SIDE, IMAGE_SIDE, 1], [IMAGE_SIDE, IMAGE_SIDE], [PIXELS]):
-        raise InvalidInput(f"input '{INPUT_NAME}' shape {shape} is not {ACCEPTED_SHAPES}")
+        raise InvalidInput(
+            f"input '{INPUT_NAME}' shape {shown_shape(shape)} is not {ACCEPTED_SHAPES}"
+        )
     if count == 0:
         raise InvalidInput(f"input '{INPUT_NAME}' holds no images")
     if count > max_images:
@@ -304,7 +306,7 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     media = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if media not in ("application/json", "application/octet-stream"):
         raise UnsupportedMediaType(
-            f"unsupported Content-Type '{media}'; send application/json, or "
+            f"unsupported Content-Type {shown(media)}; send application/json, or "
             "application/octet-stream with the binary tensor extension"
         )
     body = await read_body(request, settings.max_body_bytes)

@@ -129,6 +129,8 @@ def test_mistakes_get_tensorflow_servings_codes(
         ([0, 784], False, "holds no images"),
         ([], False, "has shape []"),
         ([1, 784], True, "must declare its shape"),
+        # Echoed whole, 100,000 dimensions made a status message the client refused to read.
+        ([1] * 100_000 + [784], False, "... 100001 dimensions]"),
     ],
 )
 def test_the_declared_shape_is_checked_before_the_tensor_is_built(

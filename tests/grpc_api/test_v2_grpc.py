@@ -116,6 +116,12 @@ def test_typed_contents_and_every_pixel_datatype(
         ({"model_version": "7"}, grpc.StatusCode.NOT_FOUND, "version 7 is not served"),
         ({"model_version": "²"}, grpc.StatusCode.INVALID_ARGUMENT, "not a version number"),
         ({"shape": [1, 27, 27]}, grpc.StatusCode.INVALID_ARGUMENT, "shape"),
+        # Echoed whole, it made a 300 KB status message that the client refused to read.
+        (
+            {"shape": [1] * 100_000 + [784]},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "... 100001 dimensions]",
+        ),
         ({"datatype": "BYTES"}, grpc.StatusCode.INVALID_ARGUMENT, "datatype"),
         ({"raw": b"\x00" * 7}, grpc.StatusCode.INVALID_ARGUMENT, "raw bytes"),
         ({"name": "pixels"}, grpc.StatusCode.INVALID_ARGUMENT, "unknown input"),

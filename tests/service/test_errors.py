@@ -34,6 +34,15 @@ def v2(
 
 
 FLAT = [0] * 784
+
+
+def npy_with_shape(shape: tuple[int, ...]) -> bytes:
+    """A .npy file whose header declares `shape` (numpy itself writes at most 64 dimensions)."""
+    header = repr({"descr": "|u1", "fortran_order": False, "shape": shape}).encode()
+    header += b" " * (-(len(header) + 11) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + bytes(784)
+
+
 CASES = [
     # (id, path, body, content type, status, message fragment)
     ("malformed-json", "/v1/predict", b'{"instances": [[1, 2', JSON, 400, "not valid JSON"),
@@ -277,6 +286,33 @@ def test_v2_datatype_of_any_json_type_is_a_400(server: LiveServer, datatype: obj
     answer = httpx.post(server.url + "/v2/models/mnist/infer", json=request, timeout=30)
     assert answer.status_code == 400, answer.text
     assert "datatype" in answer.json()["error"]
+
+
+LONG_MEDIA_TYPE = "application/" + "x" * 20_000
+ECHO_CASES = [
+    ("v2-shape", "/v2/models/mnist/infer", v2([0], shape=[1] * 5_000 + [784]), JSON, 400),
+    ("npy-shape", "/v1/predict", npy_with_shape((1,) * 2_000 + (784,)), "application/x-npy", 422),
+    ("native-media", "/v1/predict", body({"instances": [BLANK]}), LONG_MEDIA_TYPE, 415),
+    ("v2-media", "/v2/models/mnist/infer", v2(FLAT, shape=(1, 784)), LONG_MEDIA_TYPE, 415),
+    ("upload-media", "/v1/predict/image", b"\x89PNG", LONG_MEDIA_TYPE, 415),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "payload", "content_type", "status"),
+    [case[1:] for case in ECHO_CASES],
+    ids=[case[0] for case in ECHO_CASES],
+)
+def test_an_error_quotes_only_a_bounded_part_of_what_was_sent(
+    server: LiveServer, path: str, payload: bytes, content_type: str, status: int
+) -> None:
+    """Tens of KB of a client's shape or header came back in the message; over gRPC such a
+    message is trailing metadata, which the client's library refuses past 16 KiB."""
+    answer = httpx.post(
+        server.url + path, content=payload, headers={"content-type": content_type}, timeout=30
+    )
+    assert answer.status_code == status, answer.text[:300]
+    assert len(answer.content) < 1_000, answer.text[:300]
 
 
 @pytest.mark.parametrize("header", ["²", "١٢", "1 2", "-5", "9" * 40, "0x10"])
