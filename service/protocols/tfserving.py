@@ -9,7 +9,7 @@ of the version's serving signature, as TensorFlow Serving would answer for the s
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 from fastapi import APIRouter
 from starlette.requests import Request
@@ -119,6 +119,49 @@ async def predict_version(request: Request, name: str, version: str) -> Response
 )
 async def predict_label(request: Request, name: str, label: str) -> Response:
     return await _predict(request, name, None, parse_label(label))
+
+
+SIGNATURE_KINDS = {"classify": "classification", "regress": "regression"}
+"""TF Serving's other inference APIs, which need a signature of their kind: this model has none."""
+
+
+def _refuse_method(
+    request: Request, name: str, version: int | None, label: str | None, method: str
+) -> NoReturn:
+    plane = plane_of(request)
+    plane.resolve(name, version, label)  # an unknown model or version: 404 first
+    raise InvalidInput(
+        f"Expected {SIGNATURE_KINDS[method]} signature method_name to be "
+        f"tensorflow/serving/{method}. Was: tensorflow/serving/predict (this model's only "
+        f"signature, '{SIGNATURE_NAME}', predicts digits: POST .../{plane.name}:predict)"
+    )
+
+
+def _method_routes(method: str) -> None:
+    """The three paths of `method`, answered 400 as TF Serving answers them for a model without
+    a signature of that kind (the routing alone answered 405 Method Not Allowed)."""
+
+    async def by_name(request: Request, name: str) -> Response:
+        _refuse_method(request, name, None, None, method)
+
+    async def by_version(request: Request, name: str, version: str) -> Response:
+        _refuse_method(request, name, parse_version(version), None, method)
+
+    async def by_label(request: Request, name: str, label: str) -> Response:
+        _refuse_method(request, name, None, parse_label(label), method)
+
+    for path, endpoint in (
+        ("/v1/models/{name}", by_name),
+        ("/v1/models/{name}/versions/{version}", by_version),
+        ("/v1/models/{name}/labels/{label}", by_label),
+    ):
+        router.add_api_route(
+            f"{path}:{method}", endpoint, methods=["POST"], include_in_schema=False
+        )
+
+
+for _method in SIGNATURE_KINDS:
+    _method_routes(_method)
 
 
 def _status(plane: DataPlane, name: str, version: int | None) -> Response:

@@ -315,6 +315,25 @@ def test_an_error_quotes_only_a_bounded_part_of_what_was_sent(
     assert len(answer.content) < 1_000, answer.text[:300]
 
 
+@pytest.mark.parametrize(
+    ("path", "status", "fragment"),
+    [
+        ("/v1/models/mnist:classify", 400, "Expected classification signature"),
+        ("/v1/models/mnist/versions/1:regress", 400, "Expected regression signature"),
+        ("/v1/models/mnist/labels/none:classify", 404, "no label 'none'"),
+        ("/v1/models/mnist/versions/7:regress", 404, "version 7 is not served"),
+        ("/v1/models/fashion:classify", 404, "'fashion' not found"),
+    ],
+)
+def test_tf_servings_classify_and_regress_say_this_model_only_predicts(
+    server: LiveServer, path: str, status: int, fragment: str
+) -> None:
+    """The routing alone answered 405 Method Not Allowed to a TF Serving client's POST."""
+    answer = httpx.post(server.url + path, json={"examples": [{"image": FLAT}]}, timeout=30)
+    assert answer.status_code == status, answer.text
+    assert fragment in answer.json()["error"]
+
+
 @pytest.mark.parametrize("header", ["²", "١٢", "1 2", "-5", "9" * 40, "0x10"])
 def test_v2_binary_header_that_is_not_a_length_is_a_400(server: LiveServer, header: str) -> None:
     answer = httpx.post(
