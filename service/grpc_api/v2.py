@@ -25,9 +25,12 @@ from service.params import parse_version, shown, shown_shape
 from service.protocols.v2 import (
     ACCEPTED_SHAPES,
     DATATYPES,
+    EXTENSIONS,
     OUTPUTS,
+    check_classification,
     check_output_name,
     output_tensor,
+    raw_contents,
 )
 from service.runtime import INPUT_NAME
 from service.settings import Settings
@@ -108,8 +111,18 @@ def decode_images(request: Any, max_images: int) -> npt.NDArray[np.float32]:
     return check_pixels(flat.reshape(count, IMAGE_SIDE, IMAGE_SIDE, 1), "contents")
 
 
-def requested_outputs(request: Any) -> list[str]:
-    return [check_output_name(o.name) for o in request.outputs] or list(OUTPUTS)
+def requested_outputs(request: Any) -> list[tuple[str, int]]:
+    """(name, classes) of each requested output; every output when none is named."""
+    outputs = []
+    for output in request.outputs:
+        name = check_output_name(output.name)
+        classes = 0
+        if "classification" in output.parameters:
+            parameter = output.parameters["classification"]
+            kind = parameter.WhichOneof("parameter_choice")
+            classes = check_classification(name, getattr(parameter, kind) if kind else None)
+        outputs.append((name, classes))
+    return outputs or [(name, 0) for name in OUTPUTS]
 
 
 class InferenceService(inference_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
@@ -125,7 +138,7 @@ class InferenceService(inference_grpc.GRPCInferenceServiceServicer):  # type: ig
 
     async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         return inference.ServerMetadataResponse(
-            name="mnist-serving", version=__version__, extensions=[]
+            name="mnist-serving", version=__version__, extensions=EXTENSIONS
         )
 
     @abort_with
@@ -163,10 +176,10 @@ class InferenceService(inference_grpc.GRPCInferenceServiceServicer):  # type: ig
         response = inference.ModelInferResponse(
             model_name=result.model_name, model_version=str(result.version), id=request.id
         )
-        for name in outputs:
-            array, datatype = output_tensor(name, result)
+        for name, classes in outputs:
+            array, datatype = output_tensor(name, result, classes)
             response.outputs.add(name=name, datatype=datatype, shape=list(array.shape))
-            response.raw_output_contents.append(array.tobytes())
+            response.raw_output_contents.append(raw_contents(array, datatype))
         return response
 
     def _check_name(self, name: str) -> None:

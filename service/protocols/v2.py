@@ -53,20 +53,58 @@ OUTPUTS: dict[str, tuple[str, list[int]]] = {
 OUTPUT_LIST = ", ".join(f"'{name}'" for name in OUTPUTS)
 
 
-def output_tensor(name: str, result: Inference) -> tuple[npt.NDArray[Any], str]:
+CLASSES = 10
+
+
+def output_tensor(name: str, result: Inference, classes: int = 0) -> tuple[npt.NDArray[Any], str]:
     """One named output as a little-endian array (the binary extension's and gRPC's raw layout)
-    and its V2 datatype."""
+    and its V2 datatype; with `classes`, the top classes of `probabilities` instead (Triton's
+    classification extension: BYTES "<probability>:<digit>", best first, shape [N, classes])."""
     if name == OUTPUT_NAME:
+        if classes:
+            return top_classes(result.probabilities, classes), "BYTES"
         return result.probabilities.astype("<f4", copy=False), "FP32"
     if name == DIGIT_OUTPUT:
         return result.probabilities.argmax(axis=1).astype("<i8"), "INT64"
     return result.unsure, "BOOL"
 
 
+def top_classes(probabilities: npt.NDArray[np.float32], count: int) -> npt.NDArray[np.object_]:
+    best = np.argsort(-probabilities, axis=1, kind="stable")[:, :count]
+    values = np.take_along_axis(probabilities, best, axis=1)
+    cells = np.empty(best.shape, dtype=object)
+    # Triton writes the value with C++'s std::to_string, which formats as "%f" does.
+    for at, (value, digit) in enumerate(zip(values.flat, best.flat, strict=True)):
+        cells.flat[at] = f"{value:f}:{digit}".encode()
+    return cells
+
+
+def raw_contents(array: npt.NDArray[Any], datatype: str) -> bytes:
+    """The raw layout of a tensor: its bytes, or for BYTES each element's 4-byte little-endian
+    length then the element (what tritonclient's `deserialize_bytes_tensor` reads)."""
+    if datatype != "BYTES":
+        return array.tobytes()
+    return b"".join(len(item).to_bytes(4, "little") + item for item in array.reshape(-1))
+
+
 def check_output_name(name: object) -> str:
     if not isinstance(name, str) or name not in OUTPUTS:  # a list or object is not hashable
         raise InvalidInput(f"unknown output {shown(name)}; this model has {OUTPUT_LIST}")
     return str(name)
+
+
+def check_classification(name: str, count: object) -> int:
+    """The `classification` parameter of a requested output: how many top classes to return."""
+    if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= CLASSES:
+        raise InvalidInput(
+            f"output '{name}' parameter 'classification' must be an integer from 1 to {CLASSES} "
+            f"(how many of the best digits to return), got {shown(count)}"
+        )
+    if count and name != OUTPUT_NAME:
+        raise InvalidInput(
+            f"output '{name}' has no classes; 'classification' applies to '{OUTPUT_NAME}'"
+        )
+    return count
 
 
 # V2 datatypes a pixel may arrive in, as little-endian numpy types (the binary extension's order).
@@ -84,13 +122,14 @@ DATATYPES: dict[str, np.dtype[Any]] = {
     "FP64": np.dtype("<f8"),
 }
 ACCEPTED_SHAPES = "[N, 28, 28, 1], [N, 28, 28] or [N, 784]"
+EXTENSIONS = ["binary_tensor_data", "classification"]
 PIXEL_BLOCKS = frozenset({("inputs", "*", "data")})
 
 
 @health_router.get("/v2", summary="Server metadata (V2)")
 async def server_metadata() -> Response:
     return json_response(
-        {"name": "mnist-serving", "version": __version__, "extensions": ["binary_tensor_data"]}
+        {"name": "mnist-serving", "version": __version__, "extensions": EXTENSIONS}
     )
 
 
@@ -161,6 +200,8 @@ async def model_version_metadata(request: Request, name: str, version: str) -> R
 class RequestedOutput:
     name: str
     binary: bool
+    classes: int = 0
+    """Triton's classification extension: that many top classes instead of the tensor."""
 
 
 @dataclass(frozen=True)
@@ -191,7 +232,7 @@ def decode_infer_request(
     request_id = payload.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidInput("'id' must be a string")
-    binary_default = bool(_parameters(payload).get("binary_data_output", False))
+    binary_default = _flag(_parameters(payload), "binary_data_output", False)
     requested = payload.get("outputs")
     if requested is None:  # the protocol: no outputs named means every output
         outputs = [RequestedOutput(name, binary_default) for name in OUTPUTS]
@@ -201,17 +242,31 @@ def decode_infer_request(
         outputs = []
         for item in requested:
             name = check_output_name(item.get("name"))
+            parameters = _parameters(item)
             outputs.append(
-                RequestedOutput(name, bool(_parameters(item).get("binary_data", binary_default)))
+                RequestedOutput(
+                    name,
+                    _flag(parameters, "binary_data", binary_default),
+                    check_classification(name, parameters.get("classification", 0)),
+                )
             )
     return InferRequest(request_id, images, outputs)
 
 
 def _parameters(obj: dict[str, Any]) -> dict[str, Any]:
-    parameters = obj.get("parameters") or {}
+    parameters = obj.get("parameters")
+    if parameters is None:
+        return {}
     if not isinstance(parameters, dict):
         raise InvalidInput("'parameters' must be an object")
     return parameters
+
+
+def _flag(parameters: dict[str, Any], name: str, default: bool) -> bool:
+    value = parameters.get(name, default)
+    if not isinstance(value, bool):
+        raise InvalidInput(f"parameter '{name}' must be true or false, got {shown(value)}")
+    return value
 
 
 def _decode_tensor(
@@ -270,16 +325,18 @@ def encode_infer_response(request: InferRequest, result: Inference) -> Response:
     tensors: list[dict[str, Any]] = []
     chunks: list[bytes] = []
     for output in request.outputs:
-        array, datatype = output_tensor(output.name, result)
+        array, datatype = output_tensor(output.name, result, output.classes)
         entry: dict[str, Any] = {
             "name": output.name,
             "datatype": datatype,
             "shape": list(array.shape),
         }
         if output.binary:
-            raw = array.tobytes()
+            raw = raw_contents(array, datatype)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
+        elif datatype == "BYTES":
+            entry["data"] = [item.decode() for item in array.reshape(-1)]
         else:
             entry["data"] = array.reshape(-1)
         tensors.append(entry)

@@ -91,6 +91,12 @@ def test_tritonclient_grpc_gets_the_same_digits_as_rest(
     )
     assert only.as_numpy("digit").tolist() == expected_digits[:8]
     assert only.as_numpy("probabilities") is None
+    # Triton's classification extension: the two best digits, as "<probability>:<digit>".
+    top = triton.InferRequestedOutput("probabilities", class_count=2)
+    classes = client.infer("mnist", [tensor], outputs=[top]).as_numpy("probabilities")
+    assert classes.shape == (8, 2)
+    assert [int(row[0].split(b":")[1]) for row in classes] == expected_digits[:8]
+    assert "classification" in client.get_server_metadata().extensions
     client.close()
 
 

@@ -181,6 +181,21 @@ def test_tritonclient_speaks_to_the_v2_api(
     wrong.set_data_from_numpy(images)
     with pytest.raises(InferenceServerException, match="unknown input"):
         client.infer("mnist", [wrong])
+    assert "classification" in client.get_server_metadata()["extensions"]
+    for binary in (True, False):  # Triton's classification extension: the best digits, as text
+        top = triton.InferRequestedOutput("probabilities", binary_data=binary, class_count=3)
+        classes = client.infer("mnist", [tensor], outputs=[top]).as_numpy("probabilities")
+        assert classes.shape == (4, 3)
+        cells = [[str(c, "ascii") if binary else c for c in row] for row in classes]
+        assert [int(row[0].split(":")[1]) for row in cells] == expected_digits[:4]
+        for row, expected in zip(cells, everything.as_numpy("probabilities"), strict=True):
+            ranked = [(float(c.split(":")[0]), int(c.split(":")[1])) for c in row]
+            assert [digit for _, digit in ranked] == list(np.argsort(-expected)[:3])
+            assert all(abs(value - expected[digit]) < 1e-6 for value, digit in ranked)
+    with pytest.raises(InferenceServerException, match="applies to 'probabilities'"):
+        client.infer(
+            "mnist", [tensor], outputs=[triton.InferRequestedOutput("digit", class_count=2)]
+        )
     client.close()
 
 
