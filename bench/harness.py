@@ -220,3 +220,28 @@ def in_process_ceiling(
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
     )
     return float(result.stdout.strip().splitlines()[-1])
+
+
+STALL_CODE = """
+import time
+end = time.perf_counter() + {seconds}
+longest = 0.0
+last = time.perf_counter()
+while last < end:
+    now = time.perf_counter()
+    longest = max(longest, now - last)
+    last = now
+print(longest)
+"""
+
+
+def host_stall(core: str, seconds: float) -> float:
+    """The longest a busy loop alone on `core` went without running, in seconds: the time this
+    shared machine takes a core away. No latency measured on that core can reliably be shorter."""
+    result = subprocess.run(
+        ["taskset", "-c", core, sys.executable, "-c", STALL_CODE.format(seconds=seconds)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return float(result.stdout.strip())

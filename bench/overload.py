@@ -27,7 +27,15 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from bench.harness import arguments, ensure_model, in_process_ceiling, request_body, rss_mib, served  # noqa: E402
+from bench.harness import (  # noqa: E402
+    arguments,
+    ensure_model,
+    host_stall,
+    in_process_ceiling,
+    request_body,
+    rss_mib,
+    served,
+)
 from bench.openloop import OpenLoop, Outcome, closed_loop, http_request, percentile  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -107,6 +115,12 @@ def main() -> None:
         flush=True,
     )
     print(f"ceiling batch={args.images} images_per_s={ceiling:.0f}", flush=True)
+    stalls = [host_stall(core, 10) * 1000 for core in (args.server_core, args.client_core)]
+    print(
+        f"host_stall_max_ms server_core={stalls[0]:.1f} client_core={stalls[1]:.1f} "
+        "(a busy loop alone on the core for 10 s: refusals cannot reliably be faster)",
+        flush=True,
+    )
     with served(args.model_repository, port, args.server_core, runtime=args.runtime) as server:
         asyncio.run(closed_loop(HOST, port, request, 8, 3))  # warm
         capacity = statistics.median(measured_capacity(request, port) for _ in range(3))
