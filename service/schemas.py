@@ -148,6 +148,11 @@ TFSERVING_PREDICT_DOC: dict[str, object] = {
 V2_INFER_DOC: dict[str, object] = {
     "requestBody": {
         "required": True,
+        "description": "KServe V2 inference request. Request parameter `binary_data_output` and "
+        "output parameter `binary_data` (booleans): outputs as raw bytes after the JSON header "
+        "(Triton's binary tensor extension). Output parameter `classification` (1-10) on "
+        "`probabilities`: the best digits instead, as BYTES `<probability>:<digit>` (Triton's "
+        "classification extension).",
         "content": {
             "application/json": {
                 "schema": {"type": "object", "required": ["inputs"]},
