@@ -1,8 +1,10 @@
-"""The Open Inference Protocol (KServe V2) over REST, including Triton's binary tensor extension.
+"""The Open Inference Protocol (KServe V2) over REST, including Triton's binary tensor and
+classification extensions.
 
 `tritonclient.http` sends tensors as raw bytes after a JSON header by default
-(`Inference-Header-Content-Length`), so the extension is what makes Triton's own client work
-unchanged. Errors are `{"error": ...}`, 400 for invalid input, as the spec and Triton answer.
+(`Inference-Header-Content-Length`), so the binary extension is what makes Triton's own client
+work unchanged; its `class_count` asks for the classification extension (the best digits as
+text). Errors are `{"error": ...}`, 400 for invalid input, as the spec and Triton answer.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ OUTPUT_LIST = ", ".join(f"'{name}'" for name in OUTPUTS)
 
 
 CLASSES = 10
+"""The digits `probabilities` scores: the most Triton's classification extension may ask for."""
 
 
 def output_tensor(name: str, result: Inference, classes: int = 0) -> tuple[npt.NDArray[Any], str]:
@@ -97,8 +100,8 @@ def check_classification(name: str, count: object) -> int:
     """The `classification` parameter of a requested output: how many top classes to return."""
     if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= CLASSES:
         raise InvalidInput(
-            f"output '{name}' parameter 'classification' must be an integer from 1 to {CLASSES} "
-            f"(how many of the best digits to return), got {shown(count)}"
+            f"output '{name}' parameter 'classification' must be an integer from 0 to {CLASSES} "
+            f"(how many of the best digits to return; 0: the tensor), got {shown(count)}"
         )
     if count and name != OUTPUT_NAME:
         raise InvalidInput(
