@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -123,6 +124,48 @@ def test_a_bold_digit_covering_most_of_the_picture_keeps_its_ink() -> None:
     pixels = prepared(canvas)
     rows, cols = np.flatnonzero(pixels.max(1) > 0), np.flatnonzero(pixels.max(0) > 0)
     assert pixels[rows[0] + 2 : rows[-1] - 1, cols[0] + 2 : cols[-1] - 1].min() >= 250
+
+
+def framed(digit: Image.Image, margin: int = 60, line: int = 6) -> Image.Image:
+    """`digit` inside a box drawn around it, not touching it, as on a form."""
+    canvas = Image.new("RGB", (digit.width + 2 * margin, digit.height + 2 * margin), "white")
+    canvas.paste(digit, (margin, margin))
+    ImageDraw.Draw(canvas).rectangle(
+        [margin // 2, margin // 2, canvas.width - margin // 2, canvas.height - margin // 2],
+        outline="black",
+        width=line,
+    )
+    return canvas
+
+
+def one(size: int = 200) -> Image.Image:
+    image = Image.new("RGB", (size, size), "white")
+    ImageDraw.Draw(image).line([(100, 30), (100, 170)], fill="black", width=12)
+    return image
+
+
+@pytest.mark.parametrize("digit", [seven, one], ids=["seven", "one"])
+def test_a_box_drawn_around_the_digit_is_not_part_of_it(digit: Callable[[], Image.Image]) -> None:
+    alone = prepared(digit())
+    in_a_box = prepared(framed(digit()))
+    assert best_shift_correlation(in_a_box, alone, 0) > 0.98
+
+
+@pytest.mark.parametrize("inside", ["speck", "slash"])
+def test_a_thin_zero_keeps_its_outline_and_what_is_inside_it(inside: str) -> None:
+    """An outline that encloses a speck (a dotted zero) or a slash that does not touch it is
+    the digit, not a frame."""
+    image = Image.new("RGB", (200, 200), "white")
+    draw = ImageDraw.Draw(image)
+    draw.ellipse([60, 30, 140, 170], outline="black", width=3)  # fills 9% of its box
+    if inside == "speck":
+        draw.ellipse([96, 96, 104, 104], fill="black")
+    else:
+        draw.line([(115, 55), (85, 145)], fill="black", width=4)
+    pixels = prepared(image)
+    height, width = ink_box(pixels)
+    assert (height, width) >= (20, 10)  # the zero's box (20 x 11), not its content's (a slash: 7)
+    assert pixels[14, 14] > 0  # and what is inside is still there
 
 
 def test_rendered_mnist_digits_come_back_close_to_the_originals(mnist: MnistSplits) -> None:
