@@ -26,17 +26,15 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
-import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import arguments, ensure_model, served
+from mnist_client import Client, Prediction, ServerError
 from training.calibration import expected_calibration_error, softmax
 from training.not_digits import not_digits
 from training.synthetic import (
@@ -64,40 +62,26 @@ def not_a_digit_set(per_family: int, per_kind: int) -> list[Sample]:
     return [Sample(-1, f"{n.kind}:{n.source}", n.image) for n in pictures]
 
 
-def posted(client: httpx.Client, path: str, **request: Any) -> httpx.Response:
-    """The answer to a POST, sent again after the server's `Retry-After` while it refuses with
-    503 (its upload queue is full for the moment, on a slow day): a benchmark of accuracy
-    should not end on a refusal that a client is told to retry."""
-    for _ in range(60):
-        answer = client.post(path, **request)
-        if answer.status_code != 503:
-            return answer
-        time.sleep(float(answer.headers.get("retry-after", "1")))
-    return answer
-
-
-def classify(url: str, samples: list[Sample]) -> list[dict[str, object] | None]:
+def classify(url: str, samples: list[Sample]) -> list[Prediction | None]:
     """The server's prediction for every sample through `/v1/predict/image`, in batches of
-    `BATCH`; None where the server refused the picture (422: no digit to be seen)."""
+    `BATCH`; None where the server refused the picture (422: no digit to be seen). Through the
+    project's client, which sends a refused request again after the server's `Retry-After`:
+    on a slow day the upload queue refuses some batches for a moment."""
     rng = np.random.default_rng(TEST_SEEDS)
-    uploads = [encode_upload(s.image, rng) for s in samples]
+    uploads = [encode_upload(s.image, rng)[0] for s in samples]
 
-    def send(client: httpx.Client, start: int, stop: int) -> list[dict[str, object] | None]:
-        files = [
-            ("file", (f"{i}", data, media))
-            for i, (data, media) in enumerate(uploads[start:stop], start)
-        ]
-        answer = posted(client, "/v1/predict/image", files=files)
-        if answer.status_code == 422 and stop - start > 1:  # one refused picture: ask singly
+    def send(client: Client, start: int, stop: int) -> list[Prediction | None]:
+        try:
+            return list(client.predict_files([(f"{i}", uploads[i]) for i in range(start, stop)]))
+        except ServerError as refused:
+            if refused.status != 422:
+                raise
+        if stop - start > 1:  # one refused picture: ask singly
             return [p for i in range(start, stop) for p in send(client, i, i + 1)]
-        if answer.status_code == 422:
-            return [None]
-        answer.raise_for_status()
-        predictions: list[dict[str, object]] = answer.json()["predictions"]
-        return list(predictions)
+        return [None]
 
-    def batch(start: int) -> list[dict[str, object] | None]:
-        with httpx.Client(base_url=url, timeout=120) as client:
+    def batch(start: int) -> list[Prediction | None]:
+        with Client(url, timeout=120, retries=60) as client:
             return send(client, start, min(start + BATCH, len(uploads)))
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
@@ -112,18 +96,11 @@ def report_mnist(url: str, data_dir: str | None, temperature: float) -> None:
 
     splits = load_mnist(data_dir)
     rows, flags = [], []
-    with httpx.Client(base_url=url, timeout=120) as client:
+    with Client(url, timeout=120, retries=60) as client:  # raw uint8 pixels, retried as above
         for start in range(0, len(splits.test_labels), 100):
-            answer = posted(
-                client,
-                "/v1/predict",
-                content=splits.test_images[start : start + 100].tobytes(),
-                headers={"content-type": "application/octet-stream"},
-            )
-            answer.raise_for_status()
-            for prediction in answer.json()["predictions"]:
-                rows.append(prediction["probabilities"])
-                flags.append(bool(prediction["unsure"]))
+            for prediction in client.predict(splits.test_images[start : start + 100]):
+                rows.append(prediction.probabilities)
+                flags.append(prediction.unsure)
     probabilities = np.array(rows, np.float64)
     correct = probabilities.argmax(axis=1) == splits.test_labels
     before = uncalibrated(probabilities, temperature).max(axis=1)
@@ -148,16 +125,16 @@ def temperature_of(repository: Path, version: str | None) -> float:
 
 
 def report_digits(
-    samples: list[Sample], predictions: list[dict[str, object] | None], temperature: float
+    samples: list[Sample], predictions: list[Prediction | None], temperature: float
 ) -> None:
     answered = [(s, p) for s, p in zip(samples, predictions, strict=True) if p is not None]
     if len(answered) < len(samples):
         print(f"refused={len(samples) - len(answered)} (counted as wrong below)")
     labels = np.array([s.digit for s in samples])
     probabilities = np.array(
-        [p["probabilities"] if p is not None else [0.1] * 10 for p in predictions], np.float64
+        [p.probabilities if p is not None else [0.1] * 10 for p in predictions], np.float64
     )
-    unsure = np.array([bool(p["unsure"]) if p is not None else True for p in predictions])
+    unsure = np.array([p.unsure if p is not None else True for p in predictions])
     predicted = probabilities.argmax(axis=1)
     confidence = probabilities.max(axis=1)
     correct = (predicted == labels) & np.array([p is not None for p in predictions])
@@ -197,9 +174,9 @@ def report_digits(
         print(f"source={source} accuracy={np.mean(results):.4f} n={len(results)}")
 
 
-def report_not_digits(samples: list[Sample], predictions: list[dict[str, object] | None]) -> None:
+def report_not_digits(samples: list[Sample], predictions: list[Prediction | None]) -> None:
     """A refused picture (no ink the service can see) counts as caught."""
-    caught = np.array([p is None or bool(p["unsure"]) for p in predictions])
+    caught = np.array([p is None or p.unsure for p in predictions])
     refused = sum(p is None for p in predictions)
     print(f"not_digits={len(samples)} flagged_or_refused={caught.mean():.4f} refused={refused}")
     by_kind: dict[str, list[bool]] = defaultdict(list)
