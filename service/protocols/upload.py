@@ -55,8 +55,17 @@ UPLOAD_DOC: dict[str, Any] = {
 }
 
 
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def _is_image(request: Request) -> bool:
+    """One image as the whole body: its count is known before the body is read."""
+    return _media_type(request).startswith("image/")
+
+
 async def read_uploads(request: Request, settings: Settings) -> list[tuple[str, bytes]]:
-    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    media = _media_type(request)
     if media == "multipart/form-data":
         declared = request.headers.get("content-length")
         size = parse_length_header("Content-Length", declared) if declared else 0
@@ -88,7 +97,7 @@ async def read_uploads(request: Request, settings: Settings) -> list[tuple[str, 
         if not files:
             raise InvalidInput("the multipart body holds no file; attach images as file fields")
         return files
-    if media.startswith("image/"):
+    if _is_image(request):
         return [("image", await read_body(request, settings.max_upload_bytes))]
     raise UnsupportedMediaType(
         f"unsupported Content-Type {shown(media or 'none')}; send an image (image/png, image/jpeg, "
@@ -103,9 +112,10 @@ def _replay(body: bytes) -> Receive:
     return receive
 
 
-def prepare_all(uploads: list[tuple[str, bytes]], max_pixels: int) -> list[PreparedImage]:
+def _prepare(upload: tuple[str, bytes], max_pixels: int) -> PreparedImage:
     """Runs on a preparation thread: decoding and filtering a photo takes milliseconds of CPU."""
-    return [prepare_upload(data, max_pixels, name) for name, data in uploads]
+    name, data = upload
+    return prepare_upload(data, max_pixels, name)
 
 
 @router.post(
@@ -127,17 +137,18 @@ async def predict_image(
     settings = settings_of(request)
     call = admit(request, settings.model_name, *chosen_version(version, label))
     preparation: Preparation = request.app.state.preparation
-    with preparation.admitted(call.budget) as upload:
+    with preparation.admitted(call.budget, images=1 if _is_image(request) else None) as upload:
         uploads = await read_uploads(request, settings)
-        upload.body_arrived()
         if len(uploads) > settings.max_upload_images:
             raise InvalidInput(
                 f"{len(uploads)} images; at most {settings.max_upload_images} at once"
             )
+        preparation.body_arrived(upload, len(uploads), call.budget)
         # The budget counts from here: the time the body took to arrive is the client's network.
         read = time.monotonic()
         prepared = await preparation.run(
-            partial(prepare_all, uploads, settings.max_image_pixels),
+            partial(_prepare, max_pixels=settings.max_image_pixels),
+            uploads,
             deadline=read + call.budget * PLANNED_SHARE,
         )
     images = np.stack([p.pixels for p in prepared])[..., None].astype(np.float32)
