@@ -103,8 +103,9 @@ def test_the_wait_is_counted_in_images_and_a_body_is_counted_once_read() -> None
         with preparation.admitted(room):  # its count not yet known: one image ahead
             pass
         preparation.body_arrived(big, images=12, budget=10.0)
-        with pytest.raises(Overloaded, match="12 images are ahead of this upload's 1"):
-            preparation.admitted(room).__enter__()  # refused on entering
+        late = pytest.raises(Overloaded, match="12 images are ahead of this upload's 1")
+        with late, preparation.admitted(room):
+            pass
     assert refused == [1]
     with preparation.admitted(room) as upload:  # nothing ahead: admitted, then its count known
         preparation.body_arrived(upload, images=12, budget=room)  # its own alone: never refused
