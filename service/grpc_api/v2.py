@@ -113,9 +113,9 @@ def decode_images(request: Any, max_images: int) -> npt.NDArray[np.float32]:
 
 def requested_outputs(request: Any) -> list[tuple[str, int]]:
     """(name, classes) of each requested output; every output when none is named."""
-    outputs = []
+    outputs: list[tuple[str, int]] = []
     for output in request.outputs:
-        name = check_output_name(output.name)
+        name = check_output_name(output.name, [named for named, _ in outputs])
         classes = 0
         if "classification" in output.parameters:
             parameter = output.parameters["classification"]

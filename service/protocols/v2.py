@@ -10,6 +10,7 @@ text). Errors are `{"error": ...}`, 400 for invalid input, as the spec and Trito
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,10 +91,15 @@ def raw_contents(array: npt.NDArray[Any], datatype: str) -> bytes:
     return b"".join(len(item).to_bytes(4, "little") + item for item in array.reshape(-1))
 
 
-def check_output_name(name: object) -> str:
+def check_output_name(name: object, requested: Collection[str] = ()) -> str:
+    """`requested`: the outputs named before it in the same request. An output named twice
+    would be answered twice, and a client that reads outputs by name could take either one:
+    refused, as Triton refuses it."""
     if not isinstance(name, str) or name not in OUTPUTS:  # a list or object is not hashable
         raise InvalidInput(f"unknown output {shown(name)}; this model has {OUTPUT_LIST}")
-    return str(name)
+    if name in requested:
+        raise InvalidInput(f"output '{name}' is requested more than once")
+    return name
 
 
 def check_classification(name: str, count: object) -> int:
@@ -244,7 +250,7 @@ def decode_infer_request(
             raise InvalidInput("'outputs' must be a list of objects with a 'name'")
         outputs = []
         for item in requested:
-            name = check_output_name(item.get("name"))
+            name = check_output_name(item.get("name"), [output.name for output in outputs])
             parameters = _parameters(item)
             outputs.append(
                 RequestedOutput(

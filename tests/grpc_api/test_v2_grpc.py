@@ -134,7 +134,12 @@ def test_typed_contents_and_every_pixel_datatype(
         ({"shape": [9, 784]}, grpc.StatusCode.INVALID_ARGUMENT, "at most 8"),
         ({"pixel": 300.0}, grpc.StatusCode.INVALID_ARGUMENT, "0"),
         ({"pixel": float("nan")}, grpc.StatusCode.INVALID_ARGUMENT, ""),
-        ({"output": "logits"}, grpc.StatusCode.INVALID_ARGUMENT, "unknown output"),
+        ({"outputs": ["logits"]}, grpc.StatusCode.INVALID_ARGUMENT, "unknown output"),
+        (
+            {"outputs": ["digit", "probabilities", "digit"]},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "output 'digit' is requested more than once",
+        ),
     ],
 )
 def test_client_mistakes_get_the_right_status(
@@ -157,8 +162,8 @@ def test_client_mistakes_get_the_right_status(
     )
     raw = change.get("raw", np.resize(images, count).astype("<f4").tobytes())
     request.raw_input_contents.append(raw)  # type: ignore[arg-type]
-    if "output" in change:
-        request.outputs.add(name=str(change["output"]))
+    for output in change.get("outputs", []):  # type: ignore[attr-defined]
+        request.outputs.add(name=output)
     with pytest.raises(grpc.RpcError) as refused:
         stub(target).ModelInfer(request)
     assert refused.value.code() == code

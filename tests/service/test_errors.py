@@ -168,6 +168,19 @@ CASES = [
         400,
         "unknown output",
     ),
+    (
+        "v2-output-twice",  # answered twice, a client reading outputs by name took either
+        "/v2/models/mnist/infer",
+        body(
+            {
+                "inputs": json.loads(v2(FLAT))["inputs"],
+                "outputs": [{"name": "digit"}, {"name": "digit", "parameters": {}}],
+            }
+        ),
+        JSON,
+        400,
+        "output 'digit' is requested more than once",
+    ),
     *[
         (
             f"v2-output-name-{kind}",
