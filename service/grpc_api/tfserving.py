@@ -1,6 +1,8 @@
 """TensorFlow Serving's gRPC API over the data plane: `PredictionService.Predict` and
 `GetModelMetadata`, `ModelService.GetModelStatus`, with version and label selection in
 `ModelSpec`, as a client built with `tensorflow-serving-api` calls TensorFlow Serving.
+`Classify`, `Regress` and `MultiInference` answer as TensorFlow Serving does for a model whose
+only signature predicts: INVALID_ARGUMENT, naming the call to make instead.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from service.grpc_api.admission import admit_within_deadline
 from service.grpc_api.errors import abort_with
 from service.grpc_api.tfserving_protos import tfserving, tfserving_grpc
 from service.params import parse_label, shown, shown_shape
-from service.protocols.tfserving import OUTPUT_TENSORS
+from service.protocols.tfserving import OUTPUT_TENSORS, SIGNATURE_KINDS, refuse_method
 from service.runtime import INPUT_NAME, OUTPUT_NAME, SIGNATURE_NAME
 from service.settings import Settings
 
@@ -128,6 +130,32 @@ class PredictionService(tfserving_grpc.PredictionServiceServicer):  # type: igno
             array = result.probabilities if name == OUTPUT_NAME else result.unsure
             response.outputs[name].CopyFrom(tf.make_tensor_proto(array))
         return response
+
+    def _refuse(self, spec: Any, method: str) -> None:
+        self._check_name(spec.name)
+        _check_signature(spec)
+        refuse_method(self.plane, spec.name, *_selection(spec), method)
+
+    @abort_with
+    async def Classify(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        self._refuse(request.model_spec, "classify")
+
+    @abort_with
+    async def Regress(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        self._refuse(request.model_spec, "regress")
+
+    @abort_with
+    async def MultiInference(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        if not request.tasks:
+            raise InvalidInput("MultiInference needs at least one task in 'tasks'")
+        for task in request.tasks:
+            method = task.method_name.removeprefix("tensorflow/serving/")
+            if method not in SIGNATURE_KINDS:  # TF Serving runs classify and regress tasks only
+                raise InvalidInput(
+                    f"Unsupported signature method_name: {shown(task.method_name)}; "
+                    "MultiInference runs tensorflow/serving/classify and /regress tasks"
+                )
+            self._refuse(task.model_spec, method)
 
     @abort_with
     async def GetModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802

@@ -1,9 +1,9 @@
 """TensorFlow Serving's messages, compiled from `tfserving.proto` when first imported.
 
-The .proto imports TensorFlow's own `tensor.proto` and `meta_graph.proto`. TensorFlow's wheel
-ships their compiled modules but not the .proto sources, so protoc is given their descriptors,
-taken from the loaded modules (a descriptor set), and the generated code imports those modules:
-the TensorProto here is TensorFlow's, byte for byte.
+The .proto imports TensorFlow's own `tensor.proto`, `example.proto` and `meta_graph.proto`.
+TensorFlow's wheel ships their compiled modules but not the .proto sources, so protoc is given
+their descriptors, taken from the loaded modules (a descriptor set), and the generated code
+imports those modules: the TensorProto here is TensorFlow's, byte for byte.
 """
 
 from __future__ import annotations
@@ -40,12 +40,14 @@ def _descriptor_set(roots: list[FileDescriptor]) -> bytes:
 
 def _compile() -> tuple[Any, Any]:
     from google.protobuf import any_pb2, wrappers_pb2
+    from tensorflow.core.example import example_pb2
     from tensorflow.core.framework import tensor_pb2
     from tensorflow.core.protobuf import meta_graph_pb2
 
     imports = _descriptor_set(
         [
             tensor_pb2.DESCRIPTOR,
+            example_pb2.DESCRIPTOR,
             meta_graph_pb2.DESCRIPTOR,
             any_pb2.DESCRIPTOR,
             wrappers_pb2.DESCRIPTOR,

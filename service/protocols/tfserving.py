@@ -125,15 +125,17 @@ SIGNATURE_KINDS = {"classify": "classification", "regress": "regression"}
 """TF Serving's other inference APIs, which need a signature of their kind: this model has none."""
 
 
-def _refuse_method(
-    request: Request, name: str, version: int | None, label: str | None, method: str
+def refuse_method(
+    plane: DataPlane, name: str, version: int | None, label: str | None, method: str
 ) -> NoReturn:
-    plane = plane_of(request)
-    plane.resolve(name, version, label)  # an unknown model or version: 404 first
+    """TF Serving's answer, over REST and gRPC, to `method` ("classify", "regress") asked of a
+    model whose only signature predicts."""
+    plane.resolve(name, version, label)  # an unknown model or version: not found first
     raise InvalidInput(
         f"Expected {SIGNATURE_KINDS[method]} signature method_name to be "
         f"tensorflow/serving/{method}. Was: tensorflow/serving/predict (this model's only "
-        f"signature, '{SIGNATURE_NAME}', predicts digits: POST .../{plane.name}:predict)"
+        f"signature, '{SIGNATURE_NAME}', predicts digits: call Predict, or POST "
+        f".../{plane.name}:predict)"
     )
 
 
@@ -142,13 +144,13 @@ def _method_routes(method: str) -> None:
     a signature of that kind (the routing alone answered 405 Method Not Allowed)."""
 
     async def by_name(request: Request, name: str) -> Response:
-        _refuse_method(request, name, None, None, method)
+        refuse_method(plane_of(request), name, None, None, method)
 
     async def by_version(request: Request, name: str, version: str) -> Response:
-        _refuse_method(request, name, parse_version(version), None, method)
+        refuse_method(plane_of(request), name, parse_version(version), None, method)
 
     async def by_label(request: Request, name: str, label: str) -> Response:
-        _refuse_method(request, name, None, parse_label(label), method)
+        refuse_method(plane_of(request), name, None, parse_label(label), method)
 
     for path, endpoint in (
         ("/v1/models/{name}", by_name),

@@ -43,6 +43,9 @@ METHODS = [
     "/inference.GRPCInferenceService/ModelInfer",
     "/tensorflow.serving.PredictionService/Predict",
     "/tensorflow.serving.PredictionService/GetModelMetadata",
+    "/tensorflow.serving.PredictionService/Classify",
+    "/tensorflow.serving.PredictionService/Regress",
+    "/tensorflow.serving.PredictionService/MultiInference",
     "/tensorflow.serving.ModelService/GetModelStatus",
     "/grpc.health.v1.Health/Check",
 ]

@@ -24,14 +24,20 @@ from tests.conftest import LiveServer, grpc_serving, memory_mib
 def tfs(tensorflow_serving_api: Path) -> Any:
     sys.path.insert(0, str(tensorflow_serving_api))
     from tensorflow_serving.apis import (  # type: ignore[import-not-found]
+        classification_pb2,
         get_model_metadata_pb2,
         get_model_status_pb2,
+        inference_pb2,
         model_service_pb2_grpc,
         predict_pb2,
         prediction_service_pb2_grpc,
+        regression_pb2,
     )
 
     class Api:
+        classification = classification_pb2
+        regression = regression_pb2
+        inference = inference_pb2
         predict = predict_pb2
         metadata = get_model_metadata_pb2
         status = get_model_status_pb2
@@ -119,6 +125,55 @@ def test_mistakes_get_tensorflow_servings_codes(
     with pytest.raises(grpc.RpcError) as refused:
         stub.Predict(predict_request(tfs, np.zeros(images, np.float32), **spec))
     assert refused.value.code() == code
+
+
+def test_classify_regress_and_multi_inference_say_this_model_only_predicts(
+    tfs: Any, server: tuple[LiveServer, str]
+) -> None:
+    """As TF Serving answers for a model without such a signature, after the model, version and
+    label are found (they were UNIMPLEMENTED, which reads as a server that lacks the call)."""
+    _, target = server
+    stub = tfs.prediction.PredictionServiceStub(grpc.insecure_channel(target))
+    for call, request, kind in (
+        (stub.Classify, tfs.classification.ClassificationRequest(), "classification"),
+        (stub.Regress, tfs.regression.RegressionRequest(), "regression"),
+    ):
+        request.model_spec.name = "mnist"
+        with pytest.raises(grpc.RpcError) as refused:
+            call(request, 10)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert f"Expected {kind} signature method_name" in refused.value.details()
+        assert "call Predict" in refused.value.details()
+        for spec, code in (
+            ({"name": "nope"}, grpc.StatusCode.NOT_FOUND),
+            ({"version": 9}, grpc.StatusCode.NOT_FOUND),
+            ({"version_label": "canary"}, grpc.StatusCode.NOT_FOUND),
+            ({"version_label": "stable"}, grpc.StatusCode.INVALID_ARGUMENT),
+            ({"signature_name": "other"}, grpc.StatusCode.INVALID_ARGUMENT),
+        ):
+            request.model_spec.Clear()
+            request.model_spec.name = "mnist"
+            for key, value in spec.items():
+                field = request.model_spec.version if key == "version" else request.model_spec
+                setattr(field, "value" if key == "version" else key, value)
+            with pytest.raises(grpc.RpcError) as refused:
+                call(request, 10)
+            assert refused.value.code() == code, spec
+    multi = tfs.inference.MultiInferenceRequest()
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.MultiInference(multi, 10)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "at least one task" in refused.value.details()
+    for method, fragment in (
+        ("tensorflow/serving/regress", "Expected regression signature"),
+        ("tensorflow/serving/predict", "Unsupported signature method_name"),
+    ):
+        multi.tasks.add(method_name=method).model_spec.name = "mnist"
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.MultiInference(multi, 10)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert fragment in refused.value.details()
+        del multi.tasks[:]
 
 
 @pytest.mark.parametrize(
