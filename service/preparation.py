@@ -57,6 +57,10 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
+class _NoThreadInTime(Exception):
+    pass
+
+
 @dataclass(eq=False)
 class Upload:
     admitted: float
@@ -134,9 +138,18 @@ class Preparation:
         tasks = [asyncio.ensure_future(self._run_one(work, item, deadline)) for item in items]
         try:
             return [await task for task in tasks]
+        except _NoThreadInTime:
+            self._on_refused()  # once for the request, however many of its images waited
+            raise Overloaded(
+                "server overloaded: no thread was free to prepare this upload's images within "
+                "its budget; retry later",
+                {"Retry-After": str(max(1, math.ceil(self.estimated_wait())))},
+            ) from None
         finally:
             for task in tasks:
                 task.cancel()
+                if task.done() and not task.cancelled():
+                    task.exception()  # the first error is the answer; the others are seen
 
     async def _run_one(self, work: Callable[[X], T], item: X, deadline: float) -> T:
         if self._slots is None:
@@ -146,12 +159,7 @@ class Preparation:
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                 await slots.acquire()
         except TimeoutError:
-            self._on_refused()
-            raise Overloaded(
-                "server overloaded: no thread was free to prepare this upload's images within "
-                "its budget; retry later",
-                {"Retry-After": str(max(1, math.ceil(self.estimated_wait())))},
-            ) from None
+            raise _NoThreadInTime from None
 
         def timed() -> tuple[T, float]:
             started = time.perf_counter()
