@@ -43,7 +43,8 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 UPLOADS_BEHIND = "uploads_behind"
 """Image uploads refused because their preparation (decoding, filtering) would miss the budget."""
 REJECT_REASONS = ("over_budget", "queue_full", "shutting_down", UPLOADS_BEHIND)
-DROP_REASONS = ("deadline", "client_disconnected", "cancelled")
+CLIENT_DISCONNECTED = "client_disconnected"
+DROP_REASONS = ("deadline", CLIENT_DISCONNECTED, "cancelled")
 _CGROUP_LIMITS = (
     Path("/sys/fs/cgroup/memory.max"),  # cgroup v2
     Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),  # cgroup v1

@@ -32,14 +32,14 @@ import asyncio
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
 from service.batcher import PLANNED_SHARE
-from service.errors import Overloaded
+from service.errors import ClientGone, Overloaded
 
 T = TypeVar("T")
 X = TypeVar("X")
@@ -70,7 +70,12 @@ class Upload:
 
 
 class Preparation:
-    def __init__(self, threads: int, on_refused: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        threads: int,
+        on_refused: Callable[[], None],
+        on_client_gone: Callable[[], None] = lambda: None,
+    ) -> None:
         self.threads = threads
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="prepare-upload")
         self._slots: asyncio.Semaphore | None = None
@@ -78,6 +83,7 @@ class Preparation:
         self._seconds = PRIOR_SECONDS
         self._typical_images = 1.0
         self._on_refused = on_refused
+        self._on_client_gone = on_client_gone
 
     def images_ahead(self, window: float = math.inf, besides: Upload | None = None) -> float:
         """Images of the uploads admitted and not yet prepared (as many as uploads lately held
@@ -130,14 +136,30 @@ class Preparation:
                 {"Retry-After": str(max(1, math.ceil(wait)))},
             )
 
-    async def run(self, work: Callable[[X], T], items: Sequence[X], deadline: float) -> list[T]:
+    async def run(
+        self,
+        work: Callable[[X], T],
+        items: Sequence[X],
+        deadline: float,
+        abandoned: Callable[[], Awaitable[object]] | None = None,
+    ) -> list[T]:
         """`work(item)` for every item, each on a preparation thread once one is free, unless
         one is not by `deadline` (a `time.monotonic()` time); the first item's error if several
         fail. Items of one request run side by side, so its preparation takes the time of its
-        share of the threads, not of them all in a row."""
+        share of the threads, not of them all in a row. `abandoned()`, if given, completes when
+        the caller's client has gone: its items that have not started never will."""
         tasks = [asyncio.ensure_future(self._run_one(work, item, deadline)) for item in items]
+        watcher = None if abandoned is None else asyncio.ensure_future(abandoned())
         try:
-            return [await task for task in tasks]
+            results = []
+            for task in tasks:
+                if watcher is not None:
+                    await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+                    if not task.done():
+                        self._on_client_gone()
+                        raise ClientGone("client disconnected while its images were prepared")
+                results.append(await task)
+            return results
         except _NoThreadInTime:
             self._on_refused()  # once for the request, however many of its images waited
             raise Overloaded(
@@ -146,6 +168,8 @@ class Preparation:
                 {"Retry-After": str(max(1, math.ceil(self.estimated_wait())))},
             ) from None
         finally:
+            if watcher is not None:
+                watcher.cancel()
             for task in tasks:
                 task.cancel()
                 if task.done() and not task.cancelled():

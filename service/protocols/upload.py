@@ -24,7 +24,7 @@ from service.errors import InvalidInput, MalformedRequest, PayloadTooLarge, Unsu
 from service.images import PreparedImage, prepare_upload
 from service.params import parse_length_header, shown
 from service.preparation import Preparation
-from service.protocols.admission import admit
+from service.protocols.admission import admit, client_gone
 from service.protocols.body import json_response, read_body, settings_of
 from service.protocols.native import LabelQuery, VersionQuery, chosen_version, native_body
 from service.schemas import ERROR_RESPONSES
@@ -150,6 +150,7 @@ async def predict_image(
             partial(_prepare, max_pixels=settings.max_image_pixels),
             uploads,
             deadline=read + call.budget * PLANNED_SHARE,
+            abandoned=lambda: client_gone(request),
         )
     images = np.stack([p.pixels for p in prepared])[..., None].astype(np.float32)
     body = native_body(await call.infer(images, spent=time.monotonic() - read))

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from service.errors import Overloaded
+from service.errors import ClientGone, Overloaded
 from service.preparation import Preparation
 
 
@@ -157,6 +157,34 @@ def test_a_failed_image_fails_its_upload_and_its_threads_stay_busy_until_done() 
             await preparation.run(prepare, ["slow", "b"], deadline=time.monotonic() + 0.2)
         await asyncio.sleep(0.8)  # both slow images are done: both threads are free
         assert await preparation.run(prepare, ["a", "b"], time.monotonic() + 0.2) == ["a", "b"]
+
+    asyncio.run(scenario())
+    preparation.close()
+
+
+def test_the_images_of_an_upload_whose_client_left_are_not_prepared() -> None:
+    gone: list[int] = []
+    preparation = Preparation(1, on_refused=lambda: None, on_client_gone=lambda: gone.append(1))
+    started: list[float] = []
+
+    def prepare(seconds: float) -> float:
+        started.append(seconds)
+        return nap(seconds)
+
+    async def scenario() -> None:
+        left = asyncio.Event()
+        asyncio.get_running_loop().call_later(0.15, left.set)
+        begun = time.monotonic()
+        with pytest.raises(ClientGone):
+            await preparation.run(prepare, [0.1] * 8, time.monotonic() + 5, abandoned=left.wait)
+        assert time.monotonic() - begun < 0.3  # answered when the client left
+        await asyncio.sleep(0.3)
+        assert len(started) == 2  # the one running then finished; the other six never began
+        assert gone == [1]
+        # A client that stays gets every image, in order.
+        assert await preparation.run(
+            str, [1, 2, 3], time.monotonic() + 5, abandoned=asyncio.Event().wait
+        ) == ["1", "2", "3"]
 
     asyncio.run(scenario())
     preparation.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import struct
+import time
 import zlib
 from collections import Counter
 from collections.abc import Iterator
@@ -231,3 +232,33 @@ def test_a_flood_of_photos_is_refused_by_time_not_queued(server: LiveServer) -> 
     late = metric(counted, "requests_rejected_total", reason="over_budget")  # once prepared
     assert behind > 0
     assert behind + late >= statuses[503]
+
+
+def test_the_images_of_an_upload_whose_client_left_are_not_prepared(
+    served_model: LiveServer,
+) -> None:
+    """64 pictures take the server's threads hundreds of milliseconds; a client that gives up
+    before then is dropped, and its pictures that have not started are never decoded."""
+    sheet = np.full((1500, 2000), 230, np.uint8)
+    sheet[300:1200, 960:1040] = 20
+    buffer = io.BytesIO()
+    Image.fromarray(sheet).save(buffer, format="PNG")  # small to send, slow to decode
+    files = [("file", (f"{index}.png", buffer.getvalue(), "image/png")) for index in range(64)]
+    dropped = {"name": "requests_dropped_total", "reason": "client_disconnected"}
+    answered = {"name": "http_requests_total", "route": "/v1/predict/image", "status": "499"}
+    before = scrape(served_model)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            served_model.url + "/v1/predict/image",
+            files=files,
+            timeout=httpx.Timeout(10, read=0.1),
+        )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        after = scrape(served_model)
+        if all(metric(after, **m) > metric(before, **m) for m in (dropped, answered)):
+            break
+        time.sleep(0.05)
+    assert metric(after, **dropped) == metric(before, **dropped) + 1
+    assert metric(after, **answered) == metric(before, **answered) + 1
+    assert "exception was never retrieved" not in served_model.logs()
