@@ -66,7 +66,8 @@ class Upload:
     admitted: float
     """When it was admitted (`time.monotonic()`)."""
     images: int | None = None
-    """How many images its body holds; None until the body has arrived."""
+    """How many images its body holds; None while not known (a multipart body not yet read)."""
+    arrived: bool = False
 
 
 class Preparation:
@@ -93,7 +94,7 @@ class Preparation:
         return sum(
             self._typical_images if upload.images is None else upload.images
             for upload in self._uploads
-            if upload is not besides and (upload.images is not None or upload.admitted >= since)
+            if upload is not besides and (upload.arrived or upload.admitted >= since)
         )
 
     def estimated_wait(self, images: int = 1, ahead: float | None = None) -> float:
@@ -108,8 +109,8 @@ class Preparation:
         """Refuse now, before the body is read, if the images ahead would take past the share
         of `budget` the batcher also plans with (the rest is the model's); otherwise count this
         request as ahead of the next ones until it is prepared. `images`: how many the body
-        holds, if known before it is read; otherwise the caller says once it is
-        (`body_arrived`)."""
+        holds, if known before it is read (one image as the whole body). The caller says when
+        the body has arrived (`body_arrived`)."""
         self._refuse_if_late(budget, images or 1, self.images_ahead(window=budget))
         upload = Upload(time.monotonic(), images)
         self._uploads.add(upload)
@@ -123,7 +124,7 @@ class Preparation:
         would be prepared too late behind the uploads ahead."""
         self._typical_images += LEARNING_RATE * (images - self._typical_images)
         self._refuse_if_late(budget, images, self.images_ahead(window=budget, besides=upload))
-        upload.images = images
+        upload.images, upload.arrived = images, True
 
     def _refuse_if_late(self, budget: float, images: int, ahead: float) -> None:
         wait = self.estimated_wait(images, ahead)

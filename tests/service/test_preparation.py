@@ -74,7 +74,11 @@ def test_uploads_whose_bodies_are_slow_to_arrive_do_not_hold_off_the_others() ->
     preparation = Preparation(1, on_refused=lambda: refused.append(1))
     budget = 0.3  # with the prior 50 ms per upload, room for three ahead (4 x 50 <= 0.8 x 300)
     with contextlib.ExitStack() as slow:
-        uploads = [slow.enter_context(preparation.admitted(budget=10.0)) for _ in range(20)]
+        # Raw image bodies (one image, known before the body) and multipart ones (not known).
+        uploads = [
+            slow.enter_context(preparation.admitted(budget=10.0, images=(1, None)[index % 2]))
+            for index in range(20)
+        ]
         with pytest.raises(Overloaded, match="20 images are ahead"):
             slow.enter_context(preparation.admitted(budget))
         time.sleep(budget)  # a budget later, no body in yet: slow links
