@@ -27,7 +27,7 @@ from service.errors import ServingError, error_response, handle_serving_error
 from service.fastlane import FastLane, takes_plain_parameters
 from service.health import router as health_router
 from service.http_protocol import LIMITS_KEY, ConnectionLimits
-from service.metrics import CLIENT_DISCONNECTED, UPLOADS_BEHIND, Metrics, multiprocess_directory
+from service.metrics import UPLOADS_BEHIND, Metrics, multiprocess_directory
 from service.middleware import RequestContextMiddleware, RequestRecord
 from service.overload import INFERENCE_PATH_ENDS, STATE_KEY, Admission, EarlyRefusal, OverloadGuard
 from service.preparation import Preparation, cores
@@ -129,7 +129,7 @@ def create_app(settings: Settings | None = None) -> ServingApp:
     preparation = Preparation(
         cores(),
         on_refused=lambda: metrics.rejected.labels(UPLOADS_BEHIND).inc(),
-        on_client_gone=lambda: metrics.dropped.labels(CLIENT_DISCONNECTED).inc(),
+        on_dropped=lambda reason: metrics.dropped.labels(reason).inc(),
     )
 
     @contextlib.asynccontextmanager

@@ -44,7 +44,8 @@ UPLOADS_BEHIND = "uploads_behind"
 """Image uploads refused because their preparation (decoding, filtering) would miss the budget."""
 REJECT_REASONS = ("over_budget", "queue_full", "shutting_down", UPLOADS_BEHIND)
 CLIENT_DISCONNECTED = "client_disconnected"
-DROP_REASONS = ("deadline", CLIENT_DISCONNECTED, "cancelled")
+DEADLINE = "deadline"
+DROP_REASONS = (DEADLINE, CLIENT_DISCONNECTED, "cancelled")
 _CGROUP_LIMITS = (
     Path("/sys/fs/cgroup/memory.max"),  # cgroup v2
     Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),  # cgroup v1

@@ -39,7 +39,8 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from service.batcher import PLANNED_SHARE
-from service.errors import ClientGone, Overloaded
+from service.errors import ClientGone, DeadlineExceeded, Overloaded
+from service.metrics import CLIENT_DISCONNECTED, DEADLINE
 
 T = TypeVar("T")
 X = TypeVar("X")
@@ -75,7 +76,7 @@ class Preparation:
         self,
         threads: int,
         on_refused: Callable[[], None],
-        on_client_gone: Callable[[], None] = lambda: None,
+        on_dropped: Callable[[str], None] = lambda reason: None,
     ) -> None:
         self.threads = threads
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="prepare-upload")
@@ -84,7 +85,7 @@ class Preparation:
         self._seconds = PRIOR_SECONDS
         self._typical_images = 1.0
         self._on_refused = on_refused
-        self._on_client_gone = on_client_gone
+        self._on_dropped = on_dropped
 
     def images_ahead(self, window: float = math.inf, besides: Upload | None = None) -> float:
         """Images of the uploads admitted and not yet prepared (as many as uploads lately held
@@ -148,7 +149,9 @@ class Preparation:
         one is not by `deadline` (a `time.monotonic()` time); the first item's error if several
         fail. Items of one request run side by side, so its preparation takes the time of its
         share of the threads, not of them all in a row. `abandoned()`, if given, completes when
-        the caller's client has gone: its items that have not started never will."""
+        the caller's client has gone: its items that have not started never will. `on_dropped`
+        counts such a request, and one whose own items took past the deadline."""
+        planned = deadline - time.monotonic()
         tasks = [asyncio.ensure_future(self._run_one(work, item, deadline)) for item in items]
         watcher = None if abandoned is None else asyncio.ensure_future(abandoned())
         try:
@@ -157,11 +160,20 @@ class Preparation:
                 if watcher is not None:
                     await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
                     if not task.done():
-                        self._on_client_gone()
+                        self._on_dropped(CLIENT_DISCONNECTED)
                         raise ClientGone("client disconnected while its images were prepared")
                 results.append(await task)
             return results
         except _NoThreadInTime:
+            alone = len(items) * self._seconds / self.threads
+            if alone > planned:  # its own images, not others', took its budget: so would a retry
+                self._on_dropped(DEADLINE)
+                raise DeadlineExceeded(
+                    f"preparing this upload's {len(items)} images takes about "
+                    f"{alone * 1000:.0f} ms on this server ({self._seconds * 1000:.0f} ms each "
+                    f"on {self.threads} threads), past its {planned * 1000:.0f} ms share of the "
+                    "budget; send fewer images per request"
+                ) from None
             self._on_refused()  # once for the request, however many of its images waited
             raise Overloaded(
                 "server overloaded: no thread was free to prepare this upload's images within "

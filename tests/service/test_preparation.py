@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from service.errors import ClientGone, Overloaded
+from service.errors import ClientGone, DeadlineExceeded, Overloaded
 from service.preparation import Preparation
 
 
@@ -57,7 +57,7 @@ def test_an_admitted_upload_waits_for_a_thread_only_until_its_deadline() -> None
         await asyncio.sleep(0.05)
         started = time.monotonic()
         with pytest.raises(Overloaded, match="no thread was free"):
-            await preparation.run(nap, [0.0, 0.0, 0.0], deadline=time.monotonic() + 0.1)
+            await preparation.run(nap, [0.0, 0.0, 0.0], deadline=time.monotonic() + 0.2)
         assert time.monotonic() - started < 0.4  # refused at its deadline, not after the work
         assert refused == [1]  # one request refused, once, whatever its image count
         await busy
@@ -158,7 +158,7 @@ def test_a_failed_image_fails_its_upload_and_its_threads_stay_busy_until_done() 
         assert time.monotonic() - started < 0.4  # not kept waiting for the slow image
         # One thread is still on "slow": this upload's second image finds none free in time.
         with pytest.raises(Overloaded, match="no thread was free"):
-            await preparation.run(prepare, ["slow", "b"], deadline=time.monotonic() + 0.2)
+            await preparation.run(prepare, ["slow", "b"], deadline=time.monotonic() + 0.3)
         await asyncio.sleep(0.8)  # both slow images are done: both threads are free
         assert await preparation.run(prepare, ["a", "b"], time.monotonic() + 0.2) == ["a", "b"]
 
@@ -167,8 +167,8 @@ def test_a_failed_image_fails_its_upload_and_its_threads_stay_busy_until_done() 
 
 
 def test_the_images_of_an_upload_whose_client_left_are_not_prepared() -> None:
-    gone: list[int] = []
-    preparation = Preparation(1, on_refused=lambda: None, on_client_gone=lambda: gone.append(1))
+    dropped: list[str] = []
+    preparation = Preparation(1, on_refused=lambda: None, on_dropped=dropped.append)
     started: list[float] = []
 
     def prepare(seconds: float) -> float:
@@ -184,11 +184,28 @@ def test_the_images_of_an_upload_whose_client_left_are_not_prepared() -> None:
         assert time.monotonic() - begun < 0.3  # answered when the client left
         await asyncio.sleep(0.3)
         assert len(started) == 2  # the one running then finished; the other six never began
-        assert gone == [1]
+        assert dropped == ["client_disconnected"]
         # A client that stays gets every image, in order.
         assert await preparation.run(
             str, [1, 2, 3], time.monotonic() + 5, abandoned=asyncio.Event().wait
         ) == ["1", "2", "3"]
 
     asyncio.run(scenario())
+    preparation.close()
+
+
+def test_an_upload_too_big_for_its_budget_on_its_own_is_told_so_not_to_retry() -> None:
+    """Its own images, not others', take past the budget: a 503 with `Retry-After` would have
+    the client send it again, to the same end."""
+    refused: list[int] = []
+    dropped: list[str] = []
+    preparation = Preparation(1, on_refused=lambda: refused.append(1), on_dropped=dropped.append)
+
+    async def scenario() -> None:
+        with pytest.raises(DeadlineExceeded, match="send fewer images per request"):
+            await preparation.run(nap, [0.1] * 6, deadline=time.monotonic() + 0.25)
+
+    asyncio.run(scenario())
+    assert dropped == ["deadline"]
+    assert refused == []
     preparation.close()
