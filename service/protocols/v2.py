@@ -243,7 +243,7 @@ def decode_infer_request(
         raise InvalidInput("'id' must be a string")
     binary_default = _flag(_parameters(payload), "binary_data_output", False)
     requested = payload.get("outputs")
-    if requested is None:  # the protocol: no outputs named means every output
+    if requested is None or requested == []:  # the protocol: none named means every output
         outputs = [RequestedOutput(name, binary_default) for name in OUTPUTS]
     else:
         if not isinstance(requested, list) or not all(isinstance(o, dict) for o in requested):

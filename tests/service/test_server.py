@@ -104,6 +104,11 @@ def test_all_three_apis_give_the_digits_tensorflow_gives(
             assert answer["outputs"][1]["datatype"] == "BOOL"
             v2_digits += answer["outputs"][0]["data"]
             v2_unsure += answer["outputs"][1]["data"]
+        # An empty list names none: every output, as over gRPC, where an empty repeated field
+        # and an absent one are the same bytes (it used to answer no output at all).
+        tensor = {"name": "image", "shape": [1, 784], "datatype": "UINT8", "data": [0] * 784}
+        every = client.post("/v2/models/mnist/infer", json={"inputs": [tensor], "outputs": []})
+        assert [o["name"] for o in every.json()["outputs"]] == ["probabilities", "digit", "unsure"]
     assert [p["digit"] for p in native] == expected_digits
     assert [int(np.argmax(row["probabilities"])) for row in tfs_rows] == expected_digits
     assert [int(np.argmax(row)) for row in columnar["probabilities"]] == expected_digits[:4]
