@@ -59,13 +59,8 @@ def _media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
-def _is_image(request: Request) -> bool:
-    """One image as the whole body: its count is known before the body is read."""
-    return _media_type(request).startswith("image/")
-
-
-async def read_uploads(request: Request, settings: Settings) -> list[tuple[str, bytes]]:
-    media = _media_type(request)
+async def read_uploads(request: Request, settings: Settings, media: str) -> list[tuple[str, bytes]]:
+    """`media`: the request's `_media_type`, which the caller has already read."""
     if media == "multipart/form-data":
         declared = request.headers.get("content-length")
         size = parse_length_header("Content-Length", declared) if declared else 0
@@ -97,7 +92,7 @@ async def read_uploads(request: Request, settings: Settings) -> list[tuple[str, 
         if not files:
             raise InvalidInput("the multipart body holds no file; attach images as file fields")
         return files
-    if _is_image(request):
+    if media.startswith("image/"):
         return [("image", await read_body(request, settings.max_upload_bytes))]
     raise UnsupportedMediaType(
         f"unsupported Content-Type {shown(media or 'none')}; send an image (image/png, image/jpeg, "
@@ -137,8 +132,11 @@ async def predict_image(
     settings = settings_of(request)
     call = admit(request, settings.model_name, *chosen_version(version, label))
     preparation: Preparation = request.app.state.preparation
-    with preparation.admitted(call.budget, images=1 if _is_image(request) else None) as upload:
-        uploads = await read_uploads(request, settings)
+    media = _media_type(request)
+    # One image as the whole body: its count is known before the body is read.
+    one_image = media.startswith("image/")
+    with preparation.admitted(call.budget, images=1 if one_image else None) as upload:
+        uploads = await read_uploads(request, settings, media)
         if len(uploads) > settings.max_upload_images:
             raise InvalidInput(
                 f"{len(uploads)} images; at most {settings.max_upload_images} at once"
