@@ -117,9 +117,11 @@ class PredictionService(tfserving_grpc.PredictionServiceServicer):  # type: igno
                 f"expected one input named '{INPUT_NAME}', got {sorted(request.inputs)}"
             )
         offered = plane.resolve(spec.name, version, label).model.signature_outputs
-        for name in request.output_filter:
+        for at, name in enumerate(request.output_filter):
             if name not in offered:
                 raise InvalidInput(f"output tensor alias not found in signature: {shown(name)}")
+            if name in request.output_filter[:at]:  # TF Serving's check and words
+                raise InvalidInput(f"duplicate output tensor alias: {name}")
         images = decode_tensor(request.inputs[INPUT_NAME], self.settings.max_request_images)
         result = await plane.infer(images, spec.name, version, label, budget=budget)
         response = tfserving.PredictResponse()

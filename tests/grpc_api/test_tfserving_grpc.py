@@ -94,6 +94,11 @@ def test_predict_as_tensorflow_serving_clients_call_it(
     filtered = predict_request(tfs, images[:2])
     filtered.output_filter.append("probabilities")
     assert set(stub.Predict(filtered).outputs) == {"probabilities"}
+    filtered.output_filter.append("probabilities")  # refused, as TF Serving refuses it
+    with pytest.raises(grpc.RpcError) as twice:
+        stub.Predict(filtered)
+    assert twice.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "duplicate output tensor alias: probabilities" in twice.value.details()
     by_version = stub.Predict(predict_request(tfs, images[:2], version=1))
     by_label = stub.Predict(predict_request(tfs, images[:2], version_label="stable"))
     uint8 = stub.Predict(predict_request(tfs, digits[:2].astype(np.uint8)))
