@@ -21,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from service import __version__
 from service.auth import ApiKeyMiddleware, ApiKeys
+from service.connections import ConnectionBook, fit_to_open_files
 from service.dataplane import DataPlane
 from service.docs import router as docs_router
 from service.errors import ServingError, error_response, handle_serving_error
@@ -116,6 +117,9 @@ class ServingApp(FastAPI):
 
 def create_app(settings: Settings | None = None) -> ServingApp:
     settings = settings or Settings()
+    protocols = 2 if settings.grpc_port else 1
+    fitted = fit_to_open_files(settings.max_connections, protocols)
+    settings = settings.model_copy(update={"max_connections": fitted})
     metrics = Metrics()
     workers = WorkerRegistry(multiprocess_directory(), settings.workers)
     tracing = configure_tracing(settings)
@@ -125,7 +129,12 @@ def create_app(settings: Settings | None = None) -> ServingApp:
     record = RequestRecord(metrics, settings.access_log)
     admission = Admission(plane)
     early_refusal = EarlyRefusal(admission, keys, shutdown, record, tracing is not None)
-    limits = ConnectionLimits(settings.client_read_timeout_seconds, record)
+    connections = ConnectionBook(
+        settings.max_connections,
+        on_count=metrics.http_connections.inc,
+        on_shed=lambda reason: metrics.http_connections_shed.labels(reason).inc(),
+    )
+    limits = ConnectionLimits(settings.client_read_timeout_seconds, record, connections)
     preparation = Preparation(
         cores(),
         on_refused=lambda: metrics.rejected.labels(UPLOADS_BEHIND).inc(),

@@ -13,10 +13,14 @@ dropped as uvicorn drops the rest of any body its app did not read, and the conn
 open for the client's next request.
 
 `ConnectionLimits` are what uvicorn leaves out. It times out idle keep-alive connections, but
-not a request whose headers or body stall: 500 such connections (headers and a few body bytes,
-then nothing) were all still open after 30 s, each holding a socket and its task. A request
-that sends no byte for `MNIST_CLIENT_READ_TIMEOUT_SECONDS` (10 s; nginx's client_body_timeout
-is 60 s) gets 408 and its connection is closed. And httptools buffers a request line and
+not a new connection that sends nothing, nor a request whose headers or body stall: 500 such
+connections (headers and a few body bytes, then nothing) were all still open after 30 s, each
+holding a socket and its task, and so were 200 that sent nothing, or one header line every 5 s.
+Within `MNIST_CLIENT_READ_TIMEOUT_SECONDS` (10 s) a new connection must send its first byte
+(else it is closed, as there is nothing to answer), a request's headers must all arrive once
+its first byte has (nginx's client_header_timeout), and its body may not pause longer (nginx's
+client_body_timeout); past them it gets 408 and its connection is closed. The number of
+connections is bounded too (`service.connections`). And httptools buffers a request line and
 headers of any length (200 MB sent by one client: +228 MiB): past 64 KiB they get 431 (a request
 target past it 414), counted as they arrive and checked again once parsed.
 
@@ -40,6 +44,7 @@ from uvicorn.protocols.http.httptools_impl import (
     RequestResponseCycle,
 )
 
+from service.connections import ConnectionBook
 from service.errors import (
     HeadersTooLarge,
     MalformedRequest,
@@ -69,6 +74,7 @@ class ConnectionLimits:
     read_timeout_seconds: float
     record: RequestRecord
     """Records a request refused before the app saw it (its headers incomplete)."""
+    connections: ConnectionBook | None = None
     max_head_bytes: int = MAX_HEAD_BYTES
 
 
@@ -76,14 +82,38 @@ class EarlyRefusalProtocol(HttpToolsProtocol):
     _read_timer: asyncio.TimerHandle | None = None
     _last_read = 0.0
     _began = 0.0
+    _head_began = 0.0
+    _book: ConnectionBook | None = None
     _headers_done = False
     _reading_head = True
     _head_bytes = 0
     _replaying_framing = False
     url = b""  # uvicorn sets these when a request begins
 
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        limits: ConnectionLimits | None = self.app_state.get(LIMITS_KEY)
+        if limits is None:
+            return
+        if limits.connections is not None:
+            if not limits.connections.opened(self):
+                transport.close()
+                return
+            self._book = limits.connections
+        # uvicorn's keep-alive timer, which the first byte cancels, as it does between requests.
+        self.timeout_keep_alive_task = self.loop.call_later(
+            limits.read_timeout_seconds, self.timeout_keep_alive_handler
+        )
+
+    def close_idle(self) -> None:
+        """Closes the connection to make room for a new one (`ConnectionBook`)."""
+        self._unset_keepalive_if_required()
+        self.transport.close()
+
     def data_received(self, data: bytes) -> None:
         self._last_read = self.loop.time()
+        if self._book is not None:
+            self._book.busy(self)
         if self._reading_head:
             self._head_bytes += len(data)
         self._feed(data)
@@ -139,6 +169,7 @@ class EarlyRefusalProtocol(HttpToolsProtocol):
             return
         super().on_message_begin()
         self._headers_done = False
+        self._head_began = self.loop.time()
         limits: ConnectionLimits | None = self.app_state.get(LIMITS_KEY)
         if limits is not None and self._read_timer is None:
             self._began = time.perf_counter()
@@ -153,8 +184,18 @@ class EarlyRefusalProtocol(HttpToolsProtocol):
         self._stop_read_timer()
         self._reading_head, self._head_bytes = True, 0  # what follows is the next request's
 
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        # Idle if uvicorn now waits for the next request (its keep-alive timer armed) and none
+        # of it has arrived.
+        waiting = self.timeout_keep_alive_task is not None and self._head_bytes == 0
+        if self._book is not None and waiting:
+            self._book.idle(self)
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_read_timer()
+        if self._book is not None:
+            self._book.closed(self)
         super().connection_lost(exc)
 
     def _stop_read_timer(self) -> None:
@@ -167,7 +208,10 @@ class EarlyRefusalProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         timeout = limits.read_timeout_seconds
-        idle = self.loop.time() - self._last_read
+        now = self.loop.time()
+        # A head is timed as a whole (one header line every few seconds is a stall too), a body
+        # between reads (a large one may take long on a slow link).
+        idle = now - (self._last_read if self._headers_done else self._head_began)
         cycle = self.cycle
         # Not the client's fault: the app is behind (reading paused), or the client waits for
         # the "100 Continue" the app has not asked for yet.

@@ -20,6 +20,8 @@ from prometheus_client import (
     multiprocess,
 )
 
+from service.connections import SHED_REASONS
+
 LATENCY_BUCKETS = (
     0.0005,
     0.001,
@@ -194,6 +196,19 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.http_connections = Gauge(
+            "http_connections_open",
+            "Open HTTP client connections.",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.http_connections_shed = Counter(
+            "http_connections_shed_total",
+            "HTTP connections closed at the connection limit (idle_closed: an idle one, to make "
+            "room; over_limit: a new one, as none was idle).",
+            ["reason"],
+            registry=r,
+        )
         self.resident_memory = Gauge(
             "process_resident_memory_bytes",
             "Resident memory of the server (summed over its worker processes).",
@@ -212,6 +227,8 @@ class Metrics:
             self.rejected.labels(reason)
         for reason in DROP_REASONS:
             self.dropped.labels(reason)
+        for reason in SHED_REASONS:
+            self.http_connections_shed.labels(reason)
         for result in ("success", "failure"):
             self.reloads.labels(result)
         self.sample_process()

@@ -92,8 +92,14 @@ class Settings(BaseSettings):
     """Larger request bodies get 413."""
     retry_after_seconds: int = Field(1, ge=1)
     client_read_timeout_seconds: float = Field(10.0, gt=0)
-    """A request whose headers or body stop arriving for this long gets 408 and its connection
-    is closed: a stalled or slowloris client would otherwise hold a connection for ever."""
+    """A request whose headers have not all arrived this long after its first byte, or whose
+    body stops arriving for this long, gets 408 and its connection is closed; a new connection
+    that sends nothing for this long is closed. A stalled or slowloris client would otherwise
+    hold a connection for ever."""
+    max_connections: int = Field(10_000, ge=1)
+    """Client connections one worker holds, per protocol (HTTP and gRPC), lowered at start to
+    what the open-file limit holds. At the limit a new HTTP connection replaces the longest-idle
+    one; gRPC refuses it (`service.connections`)."""
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     """Largest image upload (one raw image, or a whole multipart body); larger gets 413."""
     max_image_pixels: int = Field(40_000_000, ge=784)

@@ -51,6 +51,8 @@ INFERENCE_SERVICE = "inference.GRPCInferenceService"
 TFSERVING_SERVICES = ("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
 OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 READINESS_POLL_SECONDS = 0.5
+GRPC_IDLE_CONNECTION_MS = 5 * 60 * 1000
+"""A connection with no call this long gets a GOAWAY; a client reconnects on its next call."""
 REFLECTED = (
     INFERENCE_SERVICE,
     *TFSERVING_SERVICES,
@@ -238,12 +240,19 @@ class GrpcServer:
         self.settings = settings
         self.plane = plane
         message_bytes = settings.grpc_max_message_bytes
+        read_timeout = settings.client_read_timeout_seconds
         self.server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", message_bytes),
                 ("grpc.max_send_message_length", message_bytes),
                 # Several workers share the port; a lone server must not share it by accident.
                 ("grpc.so_reuseport", int(settings.workers > 1)),
+                # Connections that hold a descriptor without calls (`service.connections`): a
+                # limit, the HTTP/2 handshake within the read timeout (gRPC's default: 120 s),
+                # and a GOAWAY after a while with no call (clients reconnect on their next one).
+                ("grpc.max_allowed_incoming_connections", settings.max_connections),
+                ("grpc.server_handshake_timeout_ms", round(read_timeout * 1000)),
+                ("grpc.max_connection_idle_ms", GRPC_IDLE_CONNECTION_MS),
             ],
         )
         self.recorder = recorder = CallRecorder(

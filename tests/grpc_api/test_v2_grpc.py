@@ -4,8 +4,10 @@ not ours), the standard health service and reflection."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -210,6 +212,21 @@ def test_a_call_whose_message_never_comes_is_ended_by_the_server(
         assert stub(target).ServerLive(service_pb2.ServerLiveRequest(), timeout=10).live
     counted = scrape(server)
     assert metric(counted, "grpc_requests_total", method=method, code="DEADLINE_EXCEEDED") >= 20
+
+
+def test_a_connection_that_never_starts_http2_is_closed(
+    grpc_server: tuple[LiveServer, str],
+) -> None:
+    """gRPC's own handshake timeout is 120 s: 200 sockets that sent nothing were all open after
+    45 s. Here it is the read timeout (1 s)."""
+    _, target = grpc_server
+    host, port = target.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as silent:
+        started = time.monotonic()
+        with contextlib.suppress(ConnectionResetError):
+            while silent.recv(1000):  # the server's own settings frame, then nothing
+                pass
+        assert time.monotonic() - started < 5
 
 
 def test_triton_only_calls_are_unimplemented(grpc_server: tuple[LiveServer, str]) -> None:

@@ -8,6 +8,7 @@ import concurrent.futures
 import contextlib
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -110,11 +111,12 @@ def test_clients_that_hang_up_are_dropped_before_the_model(
 def test_clients_that_stall_flood_headers_or_vanish_mid_body(
     start_server: Start, trained_repository: Path
 ) -> None:
-    """A request whose bytes stop arriving is answered 408 and closed, wherever it stalled; a
-    client that trickles is not cut off; endless headers get 431 and cost no memory; one that
-    closes mid-body is a 499, not a server error. uvicorn alone kept stalled connections open
-    for ever, buffered 200 MB of headers (+228 MiB RSS), and logged the hang-up as an
-    unhandled error with a 500."""
+    """A request whose bytes stop arriving is answered 408 and closed, wherever it stalled, and
+    so is one whose headers drip in for longer than the timeout; a connection that sends
+    nothing is closed; a body that trickles is not cut off; endless headers get 431 and cost no
+    memory; one that closes mid-body is a 499, not a server error. uvicorn alone kept stalled,
+    dripping and silent connections open for ever, buffered 200 MB of headers (+228 MiB RSS),
+    and logged the hang-up as an unhandled error with a 500."""
     server = start_server(trained_repository, MNIST_CLIENT_READ_TIMEOUT_SECONDS="1")
     port = int(server.url.rsplit(":", 1)[1])
     body = b'{"instances": [[' + b"0, " * 400
@@ -126,17 +128,31 @@ def test_clients_that_stall_flood_headers_or_vanish_mid_body(
     }
     with contextlib.ExitStack() as stack:
         sockets = {}
+        silent = stack.enter_context(socket.create_connection(("127.0.0.1", port)))
         for where, sent in stalled.items():
             sockets[where] = stack.enter_context(socket.create_connection(("127.0.0.1", port)))
             sockets[where].sendall(sent)
         with socket.create_connection(("127.0.0.1", port)) as trickling:
-            request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
-            for byte in request[:8]:
-                trickling.sendall(bytes([byte]))
+            one_image = json.dumps(images(1)).encode()
+            trickling.sendall(headers + b"Content-Length: %d\r\n\r\n" % len(one_image))
+            for start in range(0, len(one_image), len(one_image) // 8 + 1):
+                trickling.sendall(one_image[start : start + len(one_image) // 8 + 1])
                 time.sleep(0.25)  # 2 s in all, never 1 s without a byte
-            trickling.sendall(request[8:])
             trickling.settimeout(10)
             assert trickling.recv(100).startswith(b"HTTP/1.1 200 ")
+        with socket.create_connection(("127.0.0.1", port)) as dripping:
+            started = time.monotonic()
+            dripping.sendall(b"GET /healthz HTTP/1.1\r\n")
+            for line in range(20):  # never 1 s without a byte, but no end of the headers
+                if select.select([dripping], [], [], 0.25)[0]:
+                    break  # answered
+                dripping.sendall(b"X-Line-%d: a\r\n" % line)
+            dripping.settimeout(10)
+            head, _ = answer_until_closed(dripping)
+            assert head.startswith(b"HTTP/1.1 408 "), head
+            assert time.monotonic() - started < 4
+        silent.settimeout(10)
+        assert silent.recv(100) == b""  # closed with nothing to answer
         for where, connection in sockets.items():
             connection.settimeout(10)
             head, content = answer_until_closed(connection)
@@ -158,7 +174,7 @@ def test_clients_that_stall_flood_headers_or_vanish_mid_body(
             time.sleep(0.3)
     time.sleep(0.5)
     text = scrape(server)
-    assert metric(text, "http_requests_total", status="408") == 3
+    assert metric(text, "http_requests_total", status="408") == 4
     assert metric(text, "http_requests_total", status="431") == 1
     assert metric(text, "http_requests_total", route="/v1/predict", status="499") == 1
     assert metric(text, "http_requests_total", status="500") == 0

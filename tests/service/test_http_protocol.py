@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from service.auth import ApiKeyMiddleware, ApiKeys
+from service.connections import IDLE_CLOSED, OVER_LIMIT, ConnectionBook
 from service.errors import Overloaded, ServingError
 from service.http_protocol import LIMITS_KEY, MAX_HEAD_BYTES, ConnectionLimits, EarlyRefusalProtocol
 from service.metrics import Metrics
@@ -50,7 +51,7 @@ class QueueFull(Admission):
 
 @contextlib.contextmanager
 def serving(
-    early: EarlyRefusal, record: RequestRecord, keys: ApiKeys
+    early: EarlyRefusal, record: RequestRecord, keys: ApiKeys, book: ConnectionBook | None = None
 ) -> Iterator[tuple[int, list[str]]]:
     reached: list[str] = []
 
@@ -60,7 +61,7 @@ def serving(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        yield {STATE_KEY: early, LIMITS_KEY: ConnectionLimits(10.0, record)}
+        yield {STATE_KEY: early, LIMITS_KEY: ConnectionLimits(10.0, record, book)}
 
     async def echo(request: Request) -> JSONResponse:
         body = await request.body()
@@ -220,3 +221,49 @@ def test_a_head_over_the_limit_is_refused_however_it_arrives(padding: bytes, sta
             connection.sendall(long_url)
             (code, body), *_ = responses(b"\r\n\r\n".join(answer_until_closed(connection)))
         assert (code, json.loads(body)["code"]) == (414, "uri_too_long")
+
+
+def test_at_the_connection_limit_the_longest_idle_connection_gives_way() -> None:
+    """A client holding sockets it does not use loses them to new clients; a connection with a
+    request in progress is never closed for room, and a newcomer finding none idle is closed."""
+    record = RequestRecord(Metrics(), log_requests=False)
+    keys = ApiKeys([], [])
+    early = EarlyRefusal(QueueFull(), keys, Running(), record, tracing=False)
+    shed: list[str] = []
+    book = ConnectionBook(3, on_shed=shed.append)
+    echo = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n"
+
+    def connect() -> socket.socket:
+        connection = socket.create_connection(("127.0.0.1", port), timeout=10)
+        time.sleep(0.2)  # accepted by the server, in order
+        return connection
+
+    def closed(connection: socket.socket) -> bool:
+        return connection.recv(100) == b""
+
+    def answer_to(connection: socket.socket, rest: bytes) -> bytes:
+        connection.sendall(rest)
+        return connection.recv(1000)
+
+    with serving(early, record, keys, book) as (port, _), contextlib.ExitStack() as stack:
+        silent = stack.enter_context(connect())
+        served = stack.enter_context(connect())  # idle after its answer, keep-alive
+        assert answer_to(served, echo + b"ok").startswith(b"HTTP/1.1 200 ")
+        sending = stack.enter_context(connect())
+        sending.sendall(echo + b"o")  # its body half sent: in progress
+        time.sleep(0.2)
+        newcomer = stack.enter_context(connect())
+        assert closed(silent)  # idle the longest
+        assert answer_to(newcomer, echo + b"ok").startswith(b"HTTP/1.1 200 ")
+        second = stack.enter_context(connect())
+        assert closed(served)
+        for connection in (newcomer, second):
+            connection.sendall(echo)  # their requests in progress too
+        time.sleep(0.2)
+        assert closed(stack.enter_context(connect()))  # none idle: the newcomer is closed
+        for connection in (sending, newcomer, second):
+            assert answer_to(connection, b"k" if connection is sending else b"ok").startswith(
+                b"HTTP/1.1 200 "
+            )
+        assert shed == [IDLE_CLOSED, IDLE_CLOSED, OVER_LIMIT]
+        assert len(book) == 3
