@@ -134,7 +134,9 @@ def create_app(settings: Settings | None = None) -> ServingApp:
         on_count=metrics.http_connections.inc,
         on_shed=lambda reason: metrics.http_connections_shed.labels(reason).inc(),
     )
-    limits = ConnectionLimits(settings.client_read_timeout_seconds, record, connections)
+    limits = ConnectionLimits(
+        settings.client_read_timeout_seconds, record, connections, settings.retry_after_seconds
+    )
     preparation = Preparation(
         cores(),
         on_refused=lambda: metrics.rejected.labels(UPLOADS_BEHIND).inc(),

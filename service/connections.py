@@ -8,10 +8,13 @@ a client that reconnects as each of its sockets is closed keeps them all.
 
 So each protocol has a limit (`MNIST_MAX_CONNECTIONS` per worker, fitted to the open-file limit
 at start). At the limit a new HTTP connection takes the place of the one that has been idle the
-longest (waiting for its first request or between keep-alive requests: closing it loses nothing,
-as a keep-alive timeout would close it), and is closed at once only when every connection has a
-request in progress. Clients that hold sockets without using them are then the ones that lose
-them. gRPC's own limit (`grpc.max_allowed_incoming_connections`) refuses new connections.
+longest, and is closed at once only when every connection has a request in progress. Idle means
+that the app has none of the connection's requests: it waits for a request (closing it loses
+nothing, as a keep-alive timeout would close it) or is still reading one's head (answered 503
+with `Retry-After`, which a client can retry at once; 10,000 connections dripping header lines
+otherwise shut everyone out until their head timeout). Clients that hold sockets without using
+them are then the ones that lose them. gRPC's own limit (`grpc.max_allowed_incoming_connections`)
+refuses new connections.
 """
 
 from __future__ import annotations

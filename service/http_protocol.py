@@ -19,7 +19,8 @@ holding a socket and its task, and so were 200 that sent nothing, or one header 
 Within `MNIST_CLIENT_READ_TIMEOUT_SECONDS` (10 s) a new connection must send its first byte
 (else it is closed, as there is nothing to answer), a request's headers must all arrive once
 its first byte has (nginx's client_header_timeout), and its body may not pause longer (nginx's
-client_body_timeout); past them it gets 408 and its connection is closed. The number of
+client_body_timeout) nor, after that long, average under 240 bytes/s (Kestrel's
+MinRequestBodyDataRate); past them it gets 408 and its connection is closed. The number of
 connections is bounded too (`service.connections`). And httptools buffers a request line and
 headers of any length (200 MB sent by one client: +228 MiB): past 64 KiB they get 431 (a request
 target past it 414), counted as they arrive and checked again once parsed.
@@ -48,6 +49,7 @@ from service.connections import ConnectionBook
 from service.errors import (
     HeadersTooLarge,
     MalformedRequest,
+    Overloaded,
     ReadTimedOut,
     ServingError,
     UriTooLong,
@@ -62,10 +64,13 @@ from service.middleware import (
 )
 from service.overload import STATE_KEY, EarlyRefusal, Headers
 
+TOO_MANY_CONNECTIONS = "the server holds too many connections: retry, or use another replica"
 LIMITS_KEY = "connection_limits"
 """The lifespan state entry holding the app's `ConnectionLimits`."""
 MAX_HEAD_BYTES = 64 * 1024
 """Request line and headers (nginx: 4 x 8 KiB buffers; Node: 16 KiB)."""
+MIN_BODY_BYTES_PER_SECOND = 240
+"""Kestrel's MinRequestBodyDataRate; a phone on 2G sends some 5,000 bytes/s."""
 FRAMING_HEADERS = frozenset({b"content-length", b"transfer-encoding"})
 
 
@@ -75,6 +80,7 @@ class ConnectionLimits:
     record: RequestRecord
     """Records a request refused before the app saw it (its headers incomplete)."""
     connections: ConnectionBook | None = None
+    retry_after_seconds: int = 1
     max_head_bytes: int = MAX_HEAD_BYTES
 
 
@@ -83,7 +89,11 @@ class EarlyRefusalProtocol(HttpToolsProtocol):
     _last_read = 0.0
     _began = 0.0
     _head_began = 0.0
+    _last_check = 0.0
+    _body_began = 0.0
+    _body_bytes = 0
     _book: ConnectionBook | None = None
+    _limits: ConnectionLimits | None = None
     _headers_done = False
     _reading_head = True
     _head_bytes = 0
@@ -99,23 +109,28 @@ class EarlyRefusalProtocol(HttpToolsProtocol):
             if not limits.connections.opened(self):
                 transport.close()
                 return
-            self._book = limits.connections
+            self._book, self._limits = limits.connections, limits
         # uvicorn's keep-alive timer, which the first byte cancels, as it does between requests.
         self.timeout_keep_alive_task = self.loop.call_later(
             limits.read_timeout_seconds, self.timeout_keep_alive_handler
         )
 
     def close_idle(self) -> None:
-        """Closes the connection to make room for a new one (`ConnectionBook`)."""
+        """Closes the connection to make room for a new one (`ConnectionBook`), answering the
+        request whose head it was reading, if any: a client told 503 can retry elsewhere."""
         self._unset_keepalive_if_required()
-        self.transport.close()
+        if self._head_bytes and self._limits is not None:
+            retry = {"Retry-After": str(self._limits.retry_after_seconds)}
+            self._refuse_head(self._limits, Overloaded(TOO_MANY_CONNECTIONS, retry))
+        else:
+            self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         self._last_read = self.loop.time()
-        if self._book is not None:
-            self._book.busy(self)
         if self._reading_head:
             self._head_bytes += len(data)
+        else:
+            self._body_bytes += len(data)
         self._feed(data)
         if self._reading_head and not self.transport.is_closing():
             limits: ConnectionLimits | None = self.app_state.get(LIMITS_KEY)
@@ -169,7 +184,7 @@ class EarlyRefusalProtocol(HttpToolsProtocol):
             return
         super().on_message_begin()
         self._headers_done = False
-        self._head_began = self.loop.time()
+        self._head_began = self._last_check = self.loop.time()
         limits: ConnectionLimits | None = self.app_state.get(LIMITS_KEY)
         if limits is not None and self._read_timer is None:
             self._began = time.perf_counter()
@@ -183,13 +198,19 @@ class EarlyRefusalProtocol(HttpToolsProtocol):
         super().on_message_complete()
         self._stop_read_timer()
         self._reading_head, self._head_bytes = True, 0  # what follows is the next request's
+        self._mark_if_idle()  # answered before its body ended (an early refusal)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        # Idle if uvicorn now waits for the next request (its keep-alive timer armed) and none
-        # of it has arrived.
-        waiting = self.timeout_keep_alive_task is not None and self._head_bytes == 0
-        if self._book is not None and waiting:
+        self._mark_if_idle()
+
+    def _mark_if_idle(self) -> None:
+        """Idle: no request of this connection is the app's, answered or not; it waits for the
+        next request's head, or reads it."""
+        answered = self.cycle is None or self.cycle.response_complete
+        if self._book is None or not answered or not self._reading_head:
+            return
+        if not self.pipeline and not self.transport.is_closing():
             self._book.idle(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -209,20 +230,21 @@ class EarlyRefusalProtocol(HttpToolsProtocol):
             return
         timeout = limits.read_timeout_seconds
         now = self.loop.time()
-        # A head is timed as a whole (one header line every few seconds is a stall too), a body
-        # between reads (a large one may take long on a slow link).
-        idle = now - (self._last_read if self._headers_done else self._head_began)
+        since_check, self._last_check = now - self._last_check, now
         cycle = self.cycle
         # Not the client's fault: the app is behind (reading paused), or the client waits for
-        # the "100 Continue" the app has not asked for yet.
-        our_turn = self.flow.read_paused or (
+        # the "100 Continue" the app has not asked for yet. That time is not the body's.
+        if self.flow.read_paused or (
             self._headers_done and cycle is not None and cycle.waiting_for_100_continue
-        )
-        if idle < timeout or our_turn:
-            wait = timeout - idle if idle < timeout else timeout
-            self._read_timer = self.loop.call_later(wait, self._check_reading, limits)
+        ):
+            self._head_began += since_check
+            self._body_began += since_check
+            self._read_timer = self.loop.call_later(timeout, self._check_reading, limits)
             return
-        refusal = ReadTimedOut(f"no part of the request arrived for {timeout:g} s; closing")
+        refusal, left = self._reading_rule(timeout, now)
+        if left > 0:
+            self._read_timer = self.loop.call_later(left, self._check_reading, limits)
+            return
         if not self._headers_done:
             self._refuse_head(limits, refusal)
             return
@@ -238,6 +260,29 @@ class EarlyRefusalProtocol(HttpToolsProtocol):
         cycle.message_event.set()
         request_id = str(state.get("request_id", "")) or request_id_of(self.headers)
         self._answer_and_close(refusal, request_id)
+
+    def _reading_rule(self, timeout: float, now: float) -> tuple[ReadTimedOut, float]:
+        """The rule the request comes closest to breaking, and the time before it does.
+
+        A head is timed as a whole: one header line every few seconds is a stall too. A body
+        may take long on a slow link, but not pause for `timeout`, nor average less than
+        `MIN_BODY_BYTES_PER_SECOND` after its first `timeout` (one byte every few seconds would
+        hold the connection for ever, and a connection with a request in progress is never
+        closed to make room for another)."""
+        if not self._headers_done:
+            return ReadTimedOut(
+                f"the request line and headers did not arrive within {timeout:g} s; closing"
+            ), self._head_began + timeout - now
+        paused = ReadTimedOut(f"no part of the request arrived for {timeout:g} s; closing")
+        slow = ReadTimedOut(
+            f"the request body arrives slower than {MIN_BODY_BYTES_PER_SECOND} bytes/s; closing"
+        )
+        allowed = self._body_began + timeout + self._body_bytes / MIN_BODY_BYTES_PER_SECOND
+        return min(
+            (paused, self._last_read + timeout - now),
+            (slow, allowed - now),
+            key=lambda rule: rule[1],
+        )
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to bytes its parser cannot read (a TLS hello, a broken chunk size),
@@ -262,7 +307,7 @@ class EarlyRefusalProtocol(HttpToolsProtocol):
         self._answer_and_close(refusal, request_id)
 
     def _answer_and_close(self, refusal: ServingError, request_id: str) -> None:
-        response = error_response(refusal.status, refusal.message, refusal.code)
+        response = error_response(refusal.status, refusal.message, refusal.code, refusal.headers)
         headers = [
             *response.raw_headers,
             (REQUEST_ID_HEADER, request_id.encode()),
@@ -283,6 +328,9 @@ class EarlyRefusalProtocol(HttpToolsProtocol):
             self._replaying_framing = False
             return
         self._headers_done, self._reading_head = True, False
+        if self._book is not None:
+            self._book.busy(self)
+        self._body_began, self._body_bytes = self.loop.time(), 0
         limits: ConnectionLimits | None = self.app_state.get(LIMITS_KEY)
         if limits is not None:
             oversized = self._oversized_head(limits.max_head_bytes)

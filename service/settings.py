@@ -93,7 +93,8 @@ class Settings(BaseSettings):
     retry_after_seconds: int = Field(1, ge=1)
     client_read_timeout_seconds: float = Field(10.0, gt=0)
     """A request whose headers have not all arrived this long after its first byte, or whose
-    body stops arriving for this long, gets 408 and its connection is closed; a new connection
+    body stops arriving for this long (or, after it, averages under 240 bytes/s), gets 408 and
+    its connection is closed; a new connection
     that sends nothing for this long is closed. A stalled or slowloris client would otherwise
     hold a connection for ever."""
     max_connections: int = Field(10_000, ge=1)

@@ -224,13 +224,14 @@ def test_a_head_over_the_limit_is_refused_however_it_arrives(padding: bytes, sta
 
 
 def test_at_the_connection_limit_the_longest_idle_connection_gives_way() -> None:
-    """A client holding sockets it does not use loses them to new clients; a connection with a
-    request in progress is never closed for room, and a newcomer finding none idle is closed."""
+    """A client holding sockets it does not use loses them to new clients: idle ones are closed,
+    one still sending a request's head is answered 503. A connection whose request the app has
+    is never closed for room, and a newcomer finding none idle is closed."""
     record = RequestRecord(Metrics(), log_requests=False)
     keys = ApiKeys([], [])
     early = EarlyRefusal(QueueFull(), keys, Running(), record, tracing=False)
     shed: list[str] = []
-    book = ConnectionBook(3, on_shed=shed.append)
+    book = ConnectionBook(4, on_shed=shed.append)
     echo = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n"
 
     def connect() -> socket.socket:
@@ -247,23 +248,28 @@ def test_at_the_connection_limit_the_longest_idle_connection_gives_way() -> None
 
     with serving(early, record, keys, book) as (port, _), contextlib.ExitStack() as stack:
         silent = stack.enter_context(connect())
-        served = stack.enter_context(connect())  # idle after its answer, keep-alive
-        assert answer_to(served, echo + b"ok").startswith(b"HTTP/1.1 200 ")
+        served = stack.enter_context(connect())
+        assert answer_to(served, echo + b"ok").startswith(b"HTTP/1.1 200 ")  # then keep-alive
+        heading = stack.enter_context(connect())
+        heading.sendall(echo[:20])  # its head half sent
         sending = stack.enter_context(connect())
-        sending.sendall(echo + b"o")  # its body half sent: in progress
+        sending.sendall(echo + b"o")  # its body half sent: the app has the request
         time.sleep(0.2)
-        newcomer = stack.enter_context(connect())
-        assert closed(silent)  # idle the longest
-        assert answer_to(newcomer, echo + b"ok").startswith(b"HTTP/1.1 200 ")
-        second = stack.enter_context(connect())
-        assert closed(served)
-        for connection in (newcomer, second):
-            connection.sendall(echo)  # their requests in progress too
+        newcomers = []
+        for gives_way in (silent, served, heading):
+            newcomers.append(stack.enter_context(connect()))
+            if gives_way is heading:
+                head, body = answer_until_closed(heading)
+                assert head.startswith(b"HTTP/1.1 503 "), head
+                assert b"retry-after: 1" in head.lower()
+                assert json.loads(body)["code"] == "overloaded"
+            else:
+                assert closed(gives_way)
+            newcomers[-1].sendall(echo)  # its request the app's too
         time.sleep(0.2)
         assert closed(stack.enter_context(connect()))  # none idle: the newcomer is closed
-        for connection in (sending, newcomer, second):
-            assert answer_to(connection, b"k" if connection is sending else b"ok").startswith(
-                b"HTTP/1.1 200 "
-            )
-        assert shed == [IDLE_CLOSED, IDLE_CLOSED, OVER_LIMIT]
-        assert len(book) == 3
+        assert answer_to(sending, b"k").startswith(b"HTTP/1.1 200 ")
+        for connection in newcomers:
+            assert answer_to(connection, b"ok").startswith(b"HTTP/1.1 200 ")
+        assert shed == [IDLE_CLOSED] * 3 + [OVER_LIMIT]
+        assert len(book) == 4
