@@ -53,6 +53,7 @@ OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 READINESS_POLL_SECONDS = 0.5
 GRPC_IDLE_CONNECTION_MS = 5 * 60 * 1000
 """A connection with no call this long gets a GOAWAY; a client reconnects on its next call."""
+GRPC_STREAMS_PER_CONNECTION = 256
 REFLECTED = (
     INFERENCE_SERVICE,
     *TFSERVING_SERVICES,
@@ -253,7 +254,11 @@ class GrpcServer:
                 ("grpc.max_allowed_incoming_connections", settings.max_connections),
                 ("grpc.server_handshake_timeout_ms", round(read_timeout * 1000)),
                 ("grpc.max_connection_idle_ms", GRPC_IDLE_CONNECTION_MS),
+                # Calls in progress: per connection as Go's HTTP/2 server bounds them (a client
+                # queues the rest), and in all.
+                ("grpc.max_concurrent_streams", GRPC_STREAMS_PER_CONNECTION),
             ],
+            maximum_concurrent_rpcs=settings.grpc_max_concurrent_calls,
         )
         self.recorder = recorder = CallRecorder(
             metrics,

@@ -44,6 +44,7 @@ def grpc_server(
         log,
         MNIST_MAX_REQUEST_IMAGES="8",
         MNIST_CLIENT_READ_TIMEOUT_SECONDS="1",
+        MNIST_GRPC_MAX_CONCURRENT_CALLS="64",
     ) as (server, port):
         yield server, f"127.0.0.1:{port}"
 
@@ -212,6 +213,37 @@ def test_a_call_whose_message_never_comes_is_ended_by_the_server(
         assert stub(target).ServerLive(service_pb2.ServerLiveRequest(), timeout=10).live
     counted = scrape(server)
     assert metric(counted, "grpc_requests_total", method=method, code="DEADLINE_EXCEEDED") >= 20
+
+
+def test_calls_past_the_concurrent_limit_are_refused_at_once(
+    grpc_server: tuple[LiveServer, str],
+) -> None:
+    """Each call in progress holds memory (5,000 calls whose message never came: +115 MiB), and
+    streams opened faster than the read timeout ends them had no bound. The limit here is 64."""
+    _, target = grpc_server
+    silence = threading.Event()
+
+    def nothing() -> Iterator[bytes]:
+        silence.wait(30)
+        yield from ()
+
+    own_connection = [("grpc.use_local_subchannel_pool", 1)]  # not shared with other tests
+    channels = [grpc.insecure_channel(target, options=own_connection) for _ in range(2)]
+    try:
+        calls = [
+            channels[n % 2].stream_unary("/inference.GRPCInferenceService/ModelInfer")
+            for n in range(100)
+        ]
+        futures = [call.future(nothing()) for call in calls]
+        codes = [future.exception(timeout=20).code() for future in futures]
+    finally:
+        silence.set()
+        for channel in channels:
+            channel.close()
+    refused = codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED)
+    assert refused >= 36, codes
+    assert codes.count(grpc.StatusCode.DEADLINE_EXCEEDED) == 100 - refused  # the read timeout
+    assert stub(target).ServerLive(service_pb2.ServerLiveRequest(), timeout=10).live
 
 
 def test_a_connection_that_never_starts_http2_is_closed(
