@@ -3,7 +3,8 @@
 Starts `mnist-serve` (HTTP and gRPC, core 1), then, from this process (core 0), opens as many
 sockets as its open-file limit allows to one port and keeps them open, each one silent, sending
 one header line every 5 s, sending its headers and then one body byte every 5 s, or (gRPC)
-starting HTTP/2 and making no call (`--kind`).
+starting HTTP/2 and making no call (`--kind`); or it opens gRPC calls whose message never
+comes (`--calls`).
 While they are held, a new client sends `--probes` requests one after another (a prediction over
 HTTP, or a gRPC health check for `--port grpc`), each on a new connection, and the server's own
 figures are read: open connections, connections shed at the limit, RSS. Then the flood is
@@ -12,6 +13,7 @@ closed and the probes sent again. One JSON line per phase.
     python bench/connection_flood.py --model-repository models
     python bench/connection_flood.py --model-repository models --kind drip-body
     python bench/connection_flood.py --model-repository models --port grpc --kind h2
+    python bench/connection_flood.py --model-repository models --calls 8000
 
 `--code DIR` serves another checkout (a worktree of an older commit) for a before/after run.
 """
@@ -28,7 +30,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -69,6 +71,37 @@ def flood(port: int, count: int, kind: str, stop: threading.Event) -> list[socke
     if DRIP[kind]:
         threading.Thread(target=drip, daemon=True).start()
     return held
+
+
+def stalled_calls(count: int, stop: threading.Event) -> Callable[[], dict[str, int]]:
+    """`count` ModelInfer calls whose message never comes, 200 per connection, each held until
+    the server ends it or `stop`; returns what gives each call's outcome, by status code."""
+    import grpc
+
+    def nothing() -> Iterator[bytes]:
+        stop.wait(120)
+        yield from ()
+
+    own = [("grpc.use_local_subchannel_pool", 1)]  # one connection per channel
+    channels = [grpc.insecure_channel(f"127.0.0.1:{GRPC_PORT}", options=own)]
+    futures = []
+    for n in range(count):
+        if n and n % 200 == 0:
+            channels.append(grpc.insecure_channel(f"127.0.0.1:{GRPC_PORT}", options=own))
+        call = channels[-1].stream_unary("/inference.GRPCInferenceService/ModelInfer")
+        futures.append(call.future(nothing()))
+
+    def outcomes() -> dict[str, int]:
+        counted: dict[str, int] = {}
+        for future in futures:
+            error = future.exception(timeout=60)
+            code = error.code().name if error is not None else "OK"
+            counted[code] = counted.get(code, 0) + 1
+        for channel in channels:
+            channel.close()
+        return counted
+
+    return outcomes
 
 
 def still_open(held: list[socket.socket]) -> int:
@@ -151,6 +184,13 @@ def main() -> None:
     parser.add_argument("--probes", type=int, default=20)
     parser.add_argument("--code", type=Path)
     parser.add_argument(
+        "--calls",
+        type=int,
+        default=0,
+        help="instead of sockets: this many gRPC calls whose message never comes, 200 per "
+        "connection (implies --port grpc)",
+    )
+    parser.add_argument(
         "--server-soft-files",
         type=int,
         help="the soft open-file limit the server starts with (1024: as container runtimes "
@@ -161,6 +201,8 @@ def main() -> None:
     os.sched_setaffinity(0, {0})
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     count = args.sockets or min(hard, 1 << 16) - 200
+    if args.calls:
+        args.port, args.kind = "grpc", "calls"
     probe = http_probe(request_body(1, args.data_dir)) if args.port == "http" else grpc_probe
     resource.setrlimit(resource.RLIMIT_NOFILE, (args.server_soft_files or soft, hard))
     with served(
@@ -170,7 +212,10 @@ def main() -> None:
         base_rss = rss_mib(server.pid)
         stop = threading.Event()
         started = time.monotonic()
-        held = flood(HTTP_PORT if args.port == "http" else GRPC_PORT, count, args.kind, stop)
+        if args.calls:
+            held, outcomes = [], stalled_calls(args.calls, stop)
+        else:
+            held = flood(HTTP_PORT if args.port == "http" else GRPC_PORT, count, args.kind, stop)
         opened_in = time.monotonic() - started
         time.sleep(1)
         during = probes(probe, args.probes)
@@ -182,6 +227,7 @@ def main() -> None:
                     "kind": args.kind,
                     "port": args.port,
                     "sockets_opened": len(held),
+                    "calls_opened": args.calls,
                     "opened_in_s": round(opened_in, 1),
                     "still_open_after_s": round(time.monotonic() - started, 1),
                     "still_open": still_open(held),
@@ -196,6 +242,8 @@ def main() -> None:
         stop.set()
         for connection in held:
             connection.close()
+        if args.calls:
+            print(json.dumps({"phase": "calls", "outcomes": outcomes()}), flush=True)
         time.sleep(2)
         after = probes(probe, args.probes)
         print(json.dumps({"phase": "after", **after, "rss_mib": round(rss_mib(server.pid), 1)}))

@@ -58,10 +58,11 @@ class Settings(BaseSettings):
     grpc_max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     """Largest gRPC message either way; larger: RESOURCE_EXHAUSTED."""
     grpc_max_concurrent_calls: int = Field(4096, ge=1)
-    """gRPC calls in progress at once, per worker; more get RESOURCE_EXHAUSTED at once. Each
-    holds ~23 KiB until it ends, and a call whose message never comes lasts the read timeout:
-    without a bound, streams opened faster than that timeout ends them hold memory without limit
-    (5,000 such calls: +115 MiB)."""
+    """gRPC calls in progress at once, per worker (health checks and reflection have 64 more of
+    their own); more get UNAVAILABLE with a retry hint at once. Each holds ~23 KiB until it
+    ends, and a call whose message never comes lasts the read timeout: without a bound, streams
+    opened faster than that timeout ends them hold memory without limit (5,000 such calls:
+    +115 MiB)."""
     workers: int = Field(1, ge=1)
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     log_format: Literal["auto", "json", "text"] = "auto"

@@ -54,6 +54,8 @@ READINESS_POLL_SECONDS = 0.5
 GRPC_IDLE_CONNECTION_MS = 5 * 60 * 1000
 """A connection with no call this long gets a GOAWAY; a client reconnects on its next call."""
 GRPC_STREAMS_PER_CONNECTION = 256
+OPEN_SERVICE_CALLS = 64
+"""Calls kept for health checks and reflection when the others are at their limit."""
 REFLECTED = (
     INFERENCE_SERVICE,
     *TFSERVING_SERVICES,
@@ -84,10 +86,15 @@ class CallRecorder:
         api_keys: list[str],
         admin_keys: list[str],
         read_timeout_seconds: float,
+        max_calls: int,
+        retry_after_seconds: int,
     ) -> None:
         self.metrics = metrics
         self.keys = [k.encode() for k in [*api_keys, *admin_keys]]
         self.read_timeout = read_timeout_seconds
+        self.max_calls = max_calls
+        self.retry_after = str(retry_after_seconds)
+        self._calls = 0
         self._receiving: dict[asyncio.Task[Any] | None, float] = {}
         self._overdue: set[asyncio.Task[Any]] = set()
 
@@ -106,7 +113,8 @@ class CallRecorder:
             return parsing_streams(handler)
         inner = handler.unary_unary
         parse = handler.request_deserializer
-        guarded = bool(self.keys) and not method.startswith(OPEN_SERVICES)
+        open_service = method.startswith(OPEN_SERVICES)
+        guarded = bool(self.keys) and not open_service
         counted = self.metrics.grpc_requests
         by_code: dict[grpc.StatusCode, Any] = {}
         duration = self.metrics.grpc_duration.labels(method)
@@ -116,12 +124,19 @@ class CallRecorder:
             metadata = dict(context.invocation_metadata() or ())
             request_id = new_request_id(metadata.get("x-request-id"))
             context.set_trailing_metadata((("x-request-id", request_id),))
+            counted_in = False
             try:
+                if not open_service:
+                    await self._check_room(context, request_id)
+                    self._calls += 1
+                    counted_in = True
                 if guarded:
                     await self._check_key(metadata, context)
                 raw = await self._receive(context)
                 return await inner(await parse_request(parse, raw, context), context)
             finally:
+                if counted_in:
+                    self._calls -= 1
                 code = context.code() or grpc.StatusCode.OK
                 if not isinstance(code, grpc.StatusCode):
                     code = grpc.StatusCode.UNKNOWN
@@ -144,6 +159,16 @@ class CallRecorder:
         return grpc.stream_unary_rpc_method_handler(
             call, response_serializer=handler.response_serializer
         )
+
+    async def _check_room(self, context: grpc.aio.ServicerContext, request_id: str) -> None:
+        """Refuses a call past `MNIST_GRPC_MAX_CONCURRENT_CALLS` in progress: each holds memory
+        until it ends, and one whose message never comes lasts the read timeout."""
+        if self._calls >= self.max_calls:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"too many calls in progress (over {self.max_calls}): retry",
+                trailing_metadata=(("x-request-id", request_id), ("retry-after", self.retry_after)),
+            )
 
     async def _receive(self, context: grpc.aio.ServicerContext) -> bytes:
         """The call's request message, if it arrives within the read timeout (`sweep`)."""
@@ -255,16 +280,19 @@ class GrpcServer:
                 ("grpc.server_handshake_timeout_ms", round(read_timeout * 1000)),
                 ("grpc.max_connection_idle_ms", GRPC_IDLE_CONNECTION_MS),
                 # Calls in progress: per connection as Go's HTTP/2 server bounds them (a client
-                # queues the rest), and in all.
+                # queues the rest), and in all, with room kept for health checks and reflection
+                # past the limit `CallRecorder` puts on the other calls.
                 ("grpc.max_concurrent_streams", GRPC_STREAMS_PER_CONNECTION),
             ],
-            maximum_concurrent_rpcs=settings.grpc_max_concurrent_calls,
+            maximum_concurrent_rpcs=settings.grpc_max_concurrent_calls + OPEN_SERVICE_CALLS,
         )
         self.recorder = recorder = CallRecorder(
             metrics,
             settings.api_keys,
             settings.admin_api_keys,
             settings.client_read_timeout_seconds,
+            settings.grpc_max_concurrent_calls,
+            settings.retry_after_seconds,
         )
         self.health = ReadinessHealth(plane)
         for add_to_server, servicer in (

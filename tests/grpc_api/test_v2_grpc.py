@@ -219,7 +219,8 @@ def test_calls_past_the_concurrent_limit_are_refused_at_once(
     grpc_server: tuple[LiveServer, str],
 ) -> None:
     """Each call in progress holds memory (5,000 calls whose message never came: +115 MiB), and
-    streams opened faster than the read timeout ends them had no bound. The limit here is 64."""
+    streams opened faster than the read timeout ends them had no bound. The limit here is 64;
+    past it a call is told to retry, as when the queue is full."""
     _, target = grpc_server
     silence = threading.Event()
 
@@ -235,13 +236,17 @@ def test_calls_past_the_concurrent_limit_are_refused_at_once(
             for n in range(100)
         ]
         futures = [call.future(nothing()) for call in calls]
-        codes = [future.exception(timeout=20).code() for future in futures]
+        errors = [future.exception(timeout=20) for future in futures]
     finally:
         silence.set()
         for channel in channels:
             channel.close()
-    refused = codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED)
+    codes = [error.code() for error in errors]
+    refused = codes.count(grpc.StatusCode.UNAVAILABLE)
     assert refused >= 36, codes
+    first = errors[codes.index(grpc.StatusCode.UNAVAILABLE)]
+    assert "too many calls in progress" in (first.details() or "")
+    assert ("retry-after", "1") in (first.trailing_metadata() or ())
     assert codes.count(grpc.StatusCode.DEADLINE_EXCEEDED) == 100 - refused  # the read timeout
     assert stub(target).ServerLive(service_pb2.ServerLiveRequest(), timeout=10).live
 
