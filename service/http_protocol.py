@@ -239,6 +239,7 @@ class EarlyRefusalProtocol(HttpToolsProtocol):
         ):
             self._head_began += since_check
             self._body_began += since_check
+            self._last_read = now
             self._read_timer = self.loop.call_later(timeout, self._check_reading, limits)
             return
         refusal, left = self._reading_rule(timeout, now)
