@@ -28,7 +28,7 @@ from service.errors import ServingError, error_response, handle_serving_error
 from service.fastlane import FastLane, takes_plain_parameters
 from service.health import router as health_router
 from service.http_protocol import LIMITS_KEY, ConnectionLimits
-from service.metrics import UPLOADS_BEHIND, Metrics, multiprocess_directory
+from service.metrics import UPLOADS_BEHIND, Metrics, ScrapeBudget, multiprocess_directory
 from service.middleware import RequestContextMiddleware, RequestRecord
 from service.overload import INFERENCE_PATH_ENDS, STATE_KEY, Admission, EarlyRefusal, OverloadGuard
 from service.preparation import Preparation, cores
@@ -183,10 +183,15 @@ def create_app(settings: Settings | None = None) -> ServingApp:
         # single-image throughput, re-walking each router's routes per request.
         app.router.routes.extend(router.routes)
 
+    def render_metrics() -> tuple[bytes, str]:
+        workers.reap()
+        return metrics.render()
+
+    scrapes = ScrapeBudget(render_metrics)
+
     @app.get("/metrics", tags=["health"], summary="Prometheus metrics")
     async def metrics_endpoint() -> Response:
-        workers.reap()
-        body, content_type = metrics.render()
+        body, content_type = scrapes.body()
         return Response(body, media_type=content_type)
 
     # Added first, so they run inside the request context: refusals get an id, metrics and a
