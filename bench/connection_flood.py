@@ -2,9 +2,9 @@
 
 Starts `mnist-serve` (HTTP and gRPC, core 1), then, from this process (core 0), opens as many
 sockets as its open-file limit allows to one port and keeps them open, each one silent, sending
-one header line every 5 s, sending its headers and then one body byte every 5 s, or (gRPC)
-starting HTTP/2 and making no call (`--kind`); or it opens gRPC calls whose message never
-comes (`--calls`).
+one header line every 5 s, sending its headers and then one body byte every 5 s, asking for
+responses and never reading them (with `--sockets 200`), or (gRPC) starting HTTP/2 and making no
+call (`--kind`); or it opens gRPC calls whose message never comes (`--calls`).
 While they are held, a new client sends `--probes` requests one after another (a prediction over
 HTTP, or a gRPC health check for `--port grpc`), each on a new connection, and the server's own
 figures are read: open connections, connections shed at the limit, RSS. Then the flood is
@@ -13,8 +13,11 @@ closed and the probes sent again. One JSON line per phase.
     python bench/connection_flood.py --model-repository models
     python bench/connection_flood.py --model-repository models --kind drip-body
     python bench/connection_flood.py --model-repository models --port grpc --kind h2
+    python bench/connection_flood.py --model-repository models --kind slow-read --sockets 200
     python bench/connection_flood.py --model-repository models --calls 8000
 
+A slow-read flood is the clearest at a small limit, its probes after the server has written
+what the kernel takes: `--server-max-connections 200 --probe-after-seconds 20 --hold-seconds 75`.
 `--code DIR` serves another checkout (a worktree of an older commit) for a before/after run.
 """
 
@@ -45,8 +48,10 @@ FIRST_BYTES = {
     "drip-body": b"POST /echo HTTP/1.1\r\nHost: flood\r\nContent-Length: 100000\r\n\r\n",
     # HTTP/2's connection preface and an empty SETTINGS frame, then no call (for --port grpc)
     "h2": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00",
+    # 2.6 MB of responses asked for, none read: more than the kernel's buffers take
+    "slow-read": b"GET /openapi.json HTTP/1.1\r\nHost: flood\r\n\r\n" * 50,
 }
-DRIP = {"silent": b"", "drip-head": b"X-Drip: a\r\n", "drip-body": b"0", "h2": b""}
+DRIP = {"drip-head": b"X-Drip: a\r\n", "drip-body": b"0"}
 
 
 def flood(port: int, count: int, kind: str, stop: threading.Event) -> list[socket.socket]:
@@ -55,8 +60,13 @@ def flood(port: int, count: int, kind: str, stop: threading.Event) -> list[socke
     held = []
     for _ in range(count):
         try:
-            connection = socket.create_connection(("127.0.0.1", port), timeout=5)
+            connection = socket.socket()
+            if kind == "slow-read":  # the smallest window the kernel allows, never read
+                connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+            connection.settimeout(5)
+            connection.connect(("127.0.0.1", port))
         except OSError:
+            connection.close()
             break  # the kernel's backlog or this process's descriptors ran out
         with contextlib.suppress(OSError):
             connection.sendall(FIRST_BYTES[kind])
@@ -68,7 +78,7 @@ def flood(port: int, count: int, kind: str, stop: threading.Event) -> list[socke
                 with contextlib.suppress(OSError):
                     connection.send(DRIP[kind])
 
-    if DRIP[kind]:
+    if kind in DRIP:
         threading.Thread(target=drip, daemon=True).start()
     return held
 
@@ -169,7 +179,7 @@ def server_figures(url: str) -> dict[str, float]:
     ).stdout
     figures = {}
     for line in text.splitlines():
-        if line.startswith(("http_connections_open", "http_connections_shed_total")):
+        if line.startswith("http_connections_") and "_created" not in line:
             name, value = line.rsplit(" ", 1)
             figures[name] = float(value)
     return figures
@@ -182,6 +192,14 @@ def main() -> None:
     parser.add_argument("--sockets", type=int, default=0, help="default: as many as fit")
     parser.add_argument("--hold-seconds", type=float, default=15)
     parser.add_argument("--probes", type=int, default=20)
+    parser.add_argument(
+        "--probe-after-seconds",
+        type=float,
+        default=1,
+        help="when the probes start, from the flood's start (slow-read: the server is busy "
+        "writing for a while)",
+    )
+    parser.add_argument("--server-max-connections", type=int, help="MNIST_MAX_CONNECTIONS")
     parser.add_argument("--code", type=Path)
     parser.add_argument(
         "--calls",
@@ -205,8 +223,11 @@ def main() -> None:
         args.port, args.kind = "grpc", "calls"
     probe = http_probe(request_body(1, args.data_dir)) if args.port == "http" else grpc_probe
     resource.setrlimit(resource.RLIMIT_NOFILE, (args.server_soft_files or soft, hard))
+    limit = {}
+    if args.server_max_connections:
+        limit["max_connections"] = str(args.server_max_connections)
     with served(
-        args.model_repository, HTTP_PORT, "1", code=args.code, grpc_port=str(GRPC_PORT)
+        args.model_repository, HTTP_PORT, "1", code=args.code, grpc_port=str(GRPC_PORT), **limit
     ) as server:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the server has its own
         base_rss = rss_mib(server.pid)
@@ -217,7 +238,7 @@ def main() -> None:
         else:
             held = flood(HTTP_PORT if args.port == "http" else GRPC_PORT, count, args.kind, stop)
         opened_in = time.monotonic() - started
-        time.sleep(1)
+        time.sleep(max(0.0, args.probe_after_seconds - opened_in))
         during = probes(probe, args.probes)
         time.sleep(max(0.0, args.hold_seconds - (time.monotonic() - started)))
         print(
@@ -230,7 +251,8 @@ def main() -> None:
                     "calls_opened": args.calls,
                     "opened_in_s": round(opened_in, 1),
                     "still_open_after_s": round(time.monotonic() - started, 1),
-                    "still_open": still_open(held),
+                    # a reset slow reader still reads what its buffer holds: the server's count
+                    "still_open": still_open(held) if args.kind != "slow-read" else None,
                     **during,
                     **server_figures(server.url),
                     "rss_mib": round(rss_mib(server.pid), 1),

@@ -135,7 +135,12 @@ def create_app(settings: Settings | None = None) -> ServingApp:
         on_shed=lambda reason: metrics.http_connections_shed.labels(reason).inc(),
     )
     limits = ConnectionLimits(
-        settings.client_read_timeout_seconds, record, connections, settings.retry_after_seconds
+        settings.client_read_timeout_seconds,
+        record,
+        connections,
+        settings.retry_after_seconds,
+        send_timeout_seconds=settings.client_send_timeout_seconds,
+        on_send_stalled=metrics.http_send_stalls.inc,
     )
     preparation = Preparation(
         cores(),

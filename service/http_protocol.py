@@ -20,7 +20,9 @@ Within `MNIST_CLIENT_READ_TIMEOUT_SECONDS` (10 s) a new connection must send its
 (else it is closed, as there is nothing to answer), a request's headers must all arrive once
 its first byte has (nginx's client_header_timeout), and its body may not pause longer (nginx's
 client_body_timeout) nor, after that long, average under 240 bytes/s (Kestrel's
-MinRequestBodyDataRate); past them it gets 408 and its connection is closed. The number of
+MinRequestBodyDataRate); past them it gets 408 and its connection is closed. The same rules,
+turned round, bound a client that does not read its responses (`MNIST_CLIENT_SEND_TIMEOUT_SECONDS`):
+it held its connection, its request's task and the unsent bytes for ever. The number of
 connections is bounded too (`service.connections`). And httptools buffers a request line and
 headers of any length (200 MB sent by one client: +228 MiB): past 64 KiB they get 431 (a request
 target past it 414), counted as they arrive and checked again once parsed.
@@ -35,10 +37,18 @@ with an empty body (a 400) and whatever followed it on the connection was lost.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import socket
+import struct
+import sys
+import termios
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import httptools
+from uvicorn._types import ASGI3Application
 from uvicorn.protocols.http.httptools_impl import (
     STATUS_LINE,
     HttpToolsProtocol,
@@ -69,8 +79,12 @@ LIMITS_KEY = "connection_limits"
 """The lifespan state entry holding the app's `ConnectionLimits`."""
 MAX_HEAD_BYTES = 64 * 1024
 """Request line and headers (nginx: 4 x 8 KiB buffers; Node: 16 KiB)."""
-MIN_BODY_BYTES_PER_SECOND = 240
-"""Kestrel's MinRequestBodyDataRate; a phone on 2G sends some 5,000 bytes/s."""
+MIN_BYTES_PER_SECOND = 240
+"""Kestrel's MinRequestBodyDataRate and MinResponseDataRate; a phone on 2G moves ~5,000 bytes/s."""
+SEND_STALLED = "send_stalled"
+"""A connection aborted: its client took none of its response for the send timeout."""
+RESET_ON_CLOSE = struct.pack("ii", 1, 0)
+"""SO_LINGER on, timeout 0: close sends RST and frees the socket's buffers."""
 FRAMING_HEADERS = frozenset({b"content-length", b"transfer-encoding"})
 
 
@@ -82,10 +96,18 @@ class ConnectionLimits:
     connections: ConnectionBook | None = None
     retry_after_seconds: int = 1
     max_head_bytes: int = MAX_HEAD_BYTES
+    send_timeout_seconds: float = 30.0
+    on_send_stalled: Callable[[], None] = lambda: None
 
 
 class EarlyRefusalProtocol(HttpToolsProtocol):
     _read_timer: asyncio.TimerHandle | None = None
+    _send_timer: asyncio.TimerHandle | None = None
+    _running: RequestResponseCycle | None = None
+    _send_began = 0.0
+    _last_sent = 0.0
+    _sent = 0
+    _unsent = 0
     _last_read = 0.0
     _began = 0.0
     _head_began = 0.0
@@ -109,7 +131,8 @@ class EarlyRefusalProtocol(HttpToolsProtocol):
             if not limits.connections.opened(self):
                 transport.close()
                 return
-            self._book, self._limits = limits.connections, limits
+            self._book = limits.connections
+        self._limits = limits
         # uvicorn's keep-alive timer, which the first byte cancels, as it does between requests.
         self.timeout_keep_alive_task = self.loop.call_later(
             limits.read_timeout_seconds, self.timeout_keep_alive_handler
@@ -119,7 +142,9 @@ class EarlyRefusalProtocol(HttpToolsProtocol):
         """Closes the connection to make room for a new one (`ConnectionBook`), answering the
         request whose head it was reading, if any: a client told 503 can retry elsewhere."""
         self._unset_keepalive_if_required()
-        if self._head_bytes and self._limits is not None:
+        if self.transport.get_write_buffer_size():
+            self._reset()  # it does not take its answers: a close would wait for it
+        elif self._head_bytes and self._limits is not None:
             retry = {"Retry-After": str(self._limits.retry_after_seconds)}
             self._refuse_head(self._limits, Overloaded(TOO_MANY_CONNECTIONS, retry))
         else:
@@ -203,6 +228,97 @@ class EarlyRefusalProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         super().on_response_complete()
         self._mark_if_idle()
+        self._watch_sending()
+
+    def pause_writing(self) -> None:
+        """The client takes its response slower than the app writes it: the app's next write
+        waits for it. Until it resumes taking, nothing of the connection is the app's doing,
+        so it may give way at the connection limit like an idle one."""
+        super().pause_writing()
+        if self._book is not None and not self.transport.is_closing():
+            self._book.idle(self)
+        self._watch_sending()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._book is not None and not (self.cycle is None or self.cycle.response_complete):
+            self._book.busy(self)
+
+    def _watch_sending(self) -> None:
+        """Response bytes wait in our buffer (the kernel's is full): the client must keep taking
+        them. A client that never reads would otherwise hold its connection, its request's task
+        and the unsent response for ever, and a close would wait for it too."""
+        if self._send_timer is not None or self._limits is None:
+            return
+        if self.transport.get_write_buffer_size():
+            self._unsent = self._unsent_bytes()
+            self._send_began = self._last_sent = self.loop.time()
+            self._sent = 0
+            timeout = self._limits.send_timeout_seconds
+            self._send_timer = self.loop.call_later(timeout, self._check_sending, self._limits)
+
+    def _check_sending(self, limits: ConnectionLimits) -> None:
+        self._send_timer = None
+        if self.transport.is_closing() and not self.transport.get_write_buffer_size():
+            return
+        unsent, now = self._unsent_bytes(), self.loop.time()
+        if not self.transport.get_write_buffer_size() or unsent > self._unsent:
+            self._watch_sending()  # the kernel holds the rest, or the app wrote more
+            return
+        if unsent < self._unsent:
+            self._sent += self._unsent - unsent
+            self._unsent, self._last_sent = unsent, now
+        left = self._sending_time_left(limits.send_timeout_seconds, now)
+        if left > 0:
+            self._send_timer = self.loop.call_later(left, self._check_sending, limits)
+            return
+        limits.on_send_stalled()
+        self._reset()
+
+    def _reset(self) -> None:
+        """Closes at once, dropping what neither buffer has sent: a plain abort leaves the
+        kernel sending its share (up to megabytes) to a client that takes none of it."""
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET_ON_CLOSE)
+        self._disconnect_cycles()
+        self.transport.abort()
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        self._running = cycle
+        super()._start_asgi_task(cycle, app)
+
+    def _disconnect_cycles(self) -> None:
+        """Tells every request of the connection that its client has gone, so that their sends
+        do nothing. uvicorn tells only the last one parsed, which with pipelining is not the one
+        running: its next write raised on the closed uvloop transport (a logged 500)."""
+        for cycle in (self._running, *(cycle for cycle, _ in self.pipeline)):
+            if cycle is not None and not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.message_event.set()
+
+    def _unsent_bytes(self) -> int:
+        """Ours and the kernel's: progress seen in ours alone comes in chunks of half the
+        kernel's buffer (when it wakes us to write), too coarse for a rate. Ours alone where
+        the kernel does not say (not Linux)."""
+        unsent = self.transport.get_write_buffer_size()
+        sock = self.transport.get_extra_info("socket")
+        if sock is None:
+            return unsent
+        try:
+            queued = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+        except (OSError, ValueError):
+            return unsent
+        return unsent + int.from_bytes(queued, sys.byteorder, signed=True)
+
+    def _sending_time_left(self, timeout: float, now: float) -> float:
+        """The rules a body is read by, turned round (nginx's send_timeout, Kestrel's
+        MinResponseDataRate): the client may not stop taking its response for `timeout`, nor
+        take it slower than `MIN_BYTES_PER_SECOND` after its first `timeout`. Counted
+        only from our buffer: what the kernel holds is bounded by the kernel."""
+        allowed = self._send_began + timeout + self._sent / MIN_BYTES_PER_SECOND
+        return min(self._last_sent + timeout, allowed) - now
 
     def _mark_if_idle(self) -> None:
         """Idle: no request of this connection is the app's, answered or not; it waits for the
@@ -214,7 +330,11 @@ class EarlyRefusalProtocol(HttpToolsProtocol):
             self._book.idle(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._disconnect_cycles()
         self._stop_read_timer()
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
         if self._book is not None:
             self._book.closed(self)
         super().connection_lost(exc)
@@ -267,7 +387,7 @@ class EarlyRefusalProtocol(HttpToolsProtocol):
 
         A head is timed as a whole: one header line every few seconds is a stall too. A body
         may take long on a slow link, but not pause for `timeout`, nor average less than
-        `MIN_BODY_BYTES_PER_SECOND` after its first `timeout` (one byte every few seconds would
+        `MIN_BYTES_PER_SECOND` after its first `timeout` (one byte every few seconds would
         hold the connection for ever, and a connection with a request in progress is never
         closed to make room for another)."""
         if not self._headers_done:
@@ -276,9 +396,9 @@ class EarlyRefusalProtocol(HttpToolsProtocol):
             ), self._head_began + timeout - now
         paused = ReadTimedOut(f"no part of the request arrived for {timeout:g} s; closing")
         slow = ReadTimedOut(
-            f"the request body arrives slower than {MIN_BODY_BYTES_PER_SECOND} bytes/s; closing"
+            f"the request body arrives slower than {MIN_BYTES_PER_SECOND} bytes/s; closing"
         )
-        allowed = self._body_began + timeout + self._body_bytes / MIN_BODY_BYTES_PER_SECOND
+        allowed = self._body_began + timeout + self._body_bytes / MIN_BYTES_PER_SECOND
         return min(
             (paused, self._last_read + timeout - now),
             (slow, allowed - now),

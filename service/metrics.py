@@ -211,6 +211,11 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.http_send_stalls = Counter(
+            "http_connections_send_stalled_total",
+            "HTTP connections aborted: the client took none of its response for the send timeout.",
+            registry=r,
+        )
         self.resident_memory = Gauge(
             "process_resident_memory_bytes",
             "Resident memory of the server (summed over its worker processes).",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import logging
 import re
 import socket
 import threading
@@ -19,7 +20,7 @@ import pytest
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from service.auth import ApiKeyMiddleware, ApiKeys
@@ -32,6 +33,9 @@ from service.overload import STATE_KEY, Admission, EarlyRefusal
 from tests.conftest import answer_until_closed, free_port
 from tests.service.test_middleware import Running
 from tests.service.test_server import metric
+
+LARGE_BODY_BYTES = 16 * 1024 * 1024
+"""More than the kernel's send buffer takes on loopback (at most 4 MiB here)."""
 
 
 class QueueFull(Admission):
@@ -51,7 +55,11 @@ class QueueFull(Admission):
 
 @contextlib.contextmanager
 def serving(
-    early: EarlyRefusal, record: RequestRecord, keys: ApiKeys, book: ConnectionBook | None = None
+    early: EarlyRefusal,
+    record: RequestRecord,
+    keys: ApiKeys,
+    book: ConnectionBook | None = None,
+    **limits: Any,
 ) -> Iterator[tuple[int, list[str]]]:
     reached: list[str] = []
 
@@ -61,15 +69,24 @@ def serving(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        yield {STATE_KEY: early, LIMITS_KEY: ConnectionLimits(10.0, record, book)}
+        yield {STATE_KEY: early, LIMITS_KEY: ConnectionLimits(10.0, record, book, **limits)}
 
     async def echo(request: Request) -> JSONResponse:
         body = await request.body()
         return JSONResponse({"method": request.method, "body": body.decode()})
 
+    async def large(request: Request) -> Response:
+        """In one write, or in chunks: the app then waits for the client between them."""
+        chunks = int(request.query_params.get("chunks", "1"))
+        if chunks == 1:
+            return Response(b"x" * LARGE_BODY_BYTES, media_type="application/octet-stream")
+        chunk = b"x" * (LARGE_BODY_BYTES // chunks)
+        return StreamingResponse(iter([chunk] * chunks), media_type="application/octet-stream")
+
     routes = [
         Route("/v1/predict", predict, methods=["POST"]),
         Route("/echo", echo, methods=["GET", "POST"]),
+        Route("/large", large),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.add_middleware(ApiKeyMiddleware, keys=keys)
@@ -273,3 +290,73 @@ def test_at_the_connection_limit_the_longest_idle_connection_gives_way() -> None
             assert answer_to(connection, b"ok").startswith(b"HTTP/1.1 200 ")
         assert shed == [IDLE_CLOSED] * 3 + [OVER_LIMIT]
         assert len(book) == 4
+
+
+def read_until_closed(connection: socket.socket, pause_seconds: float = 0.0) -> tuple[int, bool]:
+    """Bytes read, and whether the server reset the connection (else it closed it, or the read
+    timed out)."""
+    received = 0
+    try:
+        while chunk := connection.recv(1 << 20):
+            received += len(chunk)
+            time.sleep(pause_seconds)
+    except ConnectionResetError:
+        return received, True
+    except TimeoutError:
+        pass
+    return received, False
+
+
+def test_a_client_that_does_not_take_its_response_is_reset_and_the_server_logs_no_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Without it a client that never reads holds its connection, the request's task and the
+    unsent response for ever. Its requests are pipelined: the one running is not the one
+    uvicorn tells of the disconnect, and its next write used to raise on the closed transport."""
+    record = RequestRecord(Metrics(), log_requests=False)
+    keys = ApiKeys([], [])
+    early = EarlyRefusal(QueueFull(), keys, Running(), record, tracing=False)
+    stalled: list[None] = []
+    get_large = b"GET /large?chunks=16 HTTP/1.1\r\nHost: x\r\n\r\n"
+    limits = {"send_timeout_seconds": 1.0, "on_send_stalled": lambda: stalled.append(None)}
+    with serving(early, record, keys, **limits) as (port, _):
+        reader = socket.create_connection(("127.0.0.1", port), timeout=20)
+        with reader, socket.socket() as sleeper:
+            sleeper.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sleeper.settimeout(20)
+            sleeper.connect(("127.0.0.1", port))
+            sleeper.sendall(get_large * 3)
+            reader.sendall(get_large.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+            # Slower than the server writes, never slower than the limit.
+            received, reset = read_until_closed(reader, pause_seconds=0.002)
+            assert (received > LARGE_BODY_BYTES, reset) == (True, False)
+            time.sleep(3)  # the sleeper took nothing for longer than the send timeout
+            received, reset = read_until_closed(sleeper)
+            assert (received < LARGE_BODY_BYTES, reset) == (True, True)
+    assert len(stalled) == 1
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+@pytest.mark.parametrize("target", [b"/large", b"/large?chunks=16"])
+def test_at_the_connection_limit_a_client_that_does_not_take_its_response_gives_way(
+    target: bytes,
+) -> None:
+    """It is as good as idle, whether its response is all written (a close would wait for it
+    to read) or the app waits for it to read the rest."""
+    record = RequestRecord(Metrics(), log_requests=False)
+    keys = ApiKeys([], [])
+    early = EarlyRefusal(QueueFull(), keys, Running(), record, tracing=False)
+    shed: list[str] = []
+    book = ConnectionBook(1, on_shed=shed.append)
+    with serving(early, record, keys, book) as (port, _), socket.socket() as sleeper:
+        sleeper.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sleeper.settimeout(20)
+        sleeper.connect(("127.0.0.1", port))
+        sleeper.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(1)  # the server writes until the kernel's buffer and ours are full
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as newcomer:
+            newcomer.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            head, _ = answer_until_closed(newcomer)
+        assert head.startswith(b"HTTP/1.1 200 "), head
+        assert read_until_closed(sleeper)[1]  # reset
+    assert shed == [IDLE_CLOSED]
