@@ -45,6 +45,7 @@ from service.middleware import new_request_id
 from service.settings import Settings
 
 log = logging.getLogger("service.grpc")
+GRPC_CORE_LOGGER = "grpc._cython.cygrpc"
 access_log = AccessLog("service.access")
 
 INFERENCE_SERVICE = "inference.GRPCInferenceService"
@@ -261,6 +262,23 @@ class ReadinessHealth(health_aio.HealthServicer):  # type: ignore[misc]
         return await super().Check(request, context)
 
 
+class UndeliveredAnswers(logging.Filter):
+    """grpc.aio logs an error with a traceback when it cannot send an answer because the call
+    ended first: the client closed its connection while the answer waited for it to make room
+    (HTTP/2 flow control). Any client can do that at will, so it is not the server's error: the
+    record becomes one info line."""
+
+    MESSAGE = "ExecuteBatchError raised in core by servicer method"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and str(record.msg).startswith(self.MESSAGE):
+            method = record.getMessage().removeprefix(self.MESSAGE).strip(" []")
+            record.msg, record.args = "answer to %s not sent: the client went away", (method,)
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info = record.exc_text = None
+        return True
+
+
 class GrpcServer:
     def __init__(self, settings: Settings, plane: DataPlane, metrics: Metrics) -> None:
         self.settings = settings
@@ -317,6 +335,9 @@ class GrpcServer:
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        grpc_core_log = logging.getLogger(GRPC_CORE_LOGGER)
+        if not any(isinstance(f, UndeliveredAnswers) for f in grpc_core_log.filters):
+            grpc_core_log.addFilter(UndeliveredAnswers())
         await self.server.start()
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self._watcher = asyncio.create_task(self._track_readiness(), name="grpc-readiness")

@@ -442,3 +442,49 @@ def test_a_taken_grpc_port_stops_the_server(trained_repository: Path, tmp_path: 
         finally:
             stop_server(server)
     assert "gRPC could not start" in server.logs()
+
+
+def http2_frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
+    head = len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big")
+    return head + payload
+
+
+def hpack_literal(name: str, value: str) -> bytes:
+    """A header field without indexing or Huffman coding (RFC 7541 section 6.2.2)."""
+    return b"\x00" + bytes([len(name)]) + name.encode() + bytes([len(value)]) + value.encode()
+
+
+def test_an_answer_its_client_left_before_taking_is_not_logged_as_an_error(
+    grpc_server: tuple[LiveServer, str], digits: np.ndarray
+) -> None:
+    """A client that lets the server send nothing (HTTP/2 stream window 0) and closes its
+    connection: grpc.aio logged an error with a traceback for an answer it could not send, which
+    any client can cause at will. Written by hand, as no gRPC client lets its window stay shut."""
+    server, target = grpc_server
+    host, port = target.rsplit(":", 1)
+    message = raw_request(digits[:1].astype(np.float32)).SerializeToString()  # type: ignore[attr-defined]
+    headers = b"".join(
+        hpack_literal(name, value)
+        for name, value in (
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", "/inference.GRPCInferenceService/ModelInfer"),
+            (":authority", target),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        )
+    )
+    window_shut = http2_frame(4, 0, 0, (4).to_bytes(2, "big") + (0).to_bytes(4, "big"))
+    calls = b"".join(
+        http2_frame(1, 0x4, stream, headers)  # END_HEADERS
+        + http2_frame(0, 0x1, stream, b"\x00" + len(message).to_bytes(4, "big") + message)
+        for stream in (1, 3, 5, 7, 9)
+    )
+    with socket.create_connection((host, int(port)), timeout=10) as client:
+        client.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + window_shut + calls)
+        time.sleep(1)  # answered, each answer waiting for the window
+    deadline = time.monotonic() + 10
+    while "not sent: the client went away" not in server.logs():
+        assert time.monotonic() < deadline, server.logs()[-2000:]
+        time.sleep(0.2)
+    assert "ExecuteBatchError" not in server.logs()
