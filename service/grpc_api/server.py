@@ -54,6 +54,8 @@ OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 READINESS_POLL_SECONDS = 0.5
 GRPC_IDLE_CONNECTION_MS = 5 * 60 * 1000
 """A connection with no call this long gets a GOAWAY; a client reconnects on its next call."""
+GRPC_KEEPALIVE_MS = 60 * 1000
+"""How often the server pings a connection: one whose client stopped reading misses the answer."""
 GRPC_STREAMS_PER_CONNECTION = 256
 OPEN_SERVICE_CALLS = 64
 """Calls kept for health checks and reflection when the others are at their limit."""
@@ -297,6 +299,13 @@ class GrpcServer:
                 ("grpc.max_allowed_incoming_connections", settings.max_connections),
                 ("grpc.server_handshake_timeout_ms", round(read_timeout * 1000)),
                 ("grpc.max_connection_idle_ms", GRPC_IDLE_CONNECTION_MS),
+                # A client that stops reading holds its answered calls, each counted against
+                # `maximum_concurrent_rpcs` until sent: 80 such connections held 4,161 and every
+                # other call got RESOURCE_EXHAUSTED. It must acknowledge our settings and pings
+                # within the read timeout (gRPC's defaults: 60 s, and no pings for 2 hours).
+                ("grpc.http2.settings_timeout", round(read_timeout * 1000)),
+                ("grpc.keepalive_time_ms", GRPC_KEEPALIVE_MS),
+                ("grpc.keepalive_timeout_ms", round(read_timeout * 1000)),
                 # Calls in progress: per connection as Go's HTTP/2 server bounds them (a client
                 # queues the rest), and in all, with room kept for health checks and reflection
                 # past the limit `CallRecorder` puts on the other calls.

@@ -454,15 +454,9 @@ def hpack_literal(name: str, value: str) -> bytes:
     return b"\x00" + bytes([len(name)]) + name.encode() + bytes([len(value)]) + value.encode()
 
 
-def test_an_answer_its_client_left_before_taking_is_not_logged_as_an_error(
-    grpc_server: tuple[LiveServer, str], digits: np.ndarray
-) -> None:
-    """A client that lets the server send nothing (HTTP/2 stream window 0) and closes its
-    connection: grpc.aio logged an error with a traceback for an answer it could not send, which
-    any client can cause at will. Written by hand, as no gRPC client lets its window stay shut."""
-    server, target = grpc_server
-    host, port = target.rsplit(":", 1)
-    message = raw_request(digits[:1].astype(np.float32)).SerializeToString()  # type: ignore[attr-defined]
+def calls_with_windows_shut(target: str, message: bytes) -> bytes:
+    """HTTP/2 from a client that lets the server send no answer (stream window 0) and makes
+    five ModelInfer calls. Written by hand: no gRPC client keeps its windows shut."""
     headers = b"".join(
         hpack_literal(name, value)
         for name, value in (
@@ -480,11 +474,41 @@ def test_an_answer_its_client_left_before_taking_is_not_logged_as_an_error(
         + http2_frame(0, 0x1, stream, b"\x00" + len(message).to_bytes(4, "big") + message)
         for stream in (1, 3, 5, 7, 9)
     )
+    return b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + window_shut + calls
+
+
+def test_an_answer_its_client_left_before_taking_is_not_logged_as_an_error(
+    grpc_server: tuple[LiveServer, str], digits: np.ndarray
+) -> None:
+    """grpc.aio logged an error with a traceback for an answer it could not send because its
+    client closed the connection first, which any client can cause at will."""
+    server, target = grpc_server
+    host, port = target.rsplit(":", 1)
+    message = raw_request(digits[:1].astype(np.float32)).SerializeToString()  # type: ignore[attr-defined]
     with socket.create_connection((host, int(port)), timeout=10) as client:
-        client.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + window_shut + calls)
+        client.sendall(calls_with_windows_shut(target, message))
         time.sleep(1)  # answered, each answer waiting for the window
     deadline = time.monotonic() + 10
     while "not sent: the client went away" not in server.logs():
         assert time.monotonic() < deadline, server.logs()[-2000:]
         time.sleep(0.2)
     assert "ExecuteBatchError" not in server.logs()
+
+
+def test_a_client_that_stops_reading_is_closed_within_the_read_timeout(
+    grpc_server: tuple[LiveServer, str], digits: np.ndarray
+) -> None:
+    """Its answered calls count against grpc's call limit until sent: 80 such connections held
+    4,161 and every other call got RESOURCE_EXHAUSTED until gRPC's 60 s settings timeout. It
+    must now acknowledge the server's settings within the read timeout (1 s here)."""
+    _, target = grpc_server
+    host, port = target.rsplit(":", 1)
+    message = raw_request(digits[:1].astype(np.float32)).SerializeToString()  # type: ignore[attr-defined]
+    with socket.create_connection((host, int(port)), timeout=30) as client:
+        client.sendall(calls_with_windows_shut(target, message))
+        started = time.monotonic()
+        time.sleep(3)  # reads nothing meanwhile
+        with contextlib.suppress(ConnectionResetError):
+            while client.recv(65536):  # the settings, then nothing until the server closes
+                pass
+        assert time.monotonic() - started < 10
