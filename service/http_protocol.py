@@ -81,8 +81,6 @@ MAX_HEAD_BYTES = 64 * 1024
 """Request line and headers (nginx: 4 x 8 KiB buffers; Node: 16 KiB)."""
 MIN_BYTES_PER_SECOND = 240
 """Kestrel's MinRequestBodyDataRate and MinResponseDataRate; a phone on 2G moves ~5,000 bytes/s."""
-SEND_STALLED = "send_stalled"
-"""A connection aborted: its client took none of its response for the send timeout."""
 RESET_ON_CLOSE = struct.pack("ii", 1, 0)
 """SO_LINGER on, timeout 0: close sends RST and frees the socket's buffers."""
 FRAMING_HEADERS = frozenset({b"content-length", b"transfer-encoding"})
@@ -259,8 +257,6 @@ class EarlyRefusalProtocol(HttpToolsProtocol):
 
     def _check_sending(self, limits: ConnectionLimits) -> None:
         self._send_timer = None
-        if self.transport.is_closing() and not self.transport.get_write_buffer_size():
-            return
         unsent, now = self._unsent_bytes(), self.loop.time()
         if not self.transport.get_write_buffer_size() or unsent > self._unsent:
             self._watch_sending()  # the kernel holds the rest, or the app wrote more
@@ -315,8 +311,8 @@ class EarlyRefusalProtocol(HttpToolsProtocol):
     def _sending_time_left(self, timeout: float, now: float) -> float:
         """The rules a body is read by, turned round (nginx's send_timeout, Kestrel's
         MinResponseDataRate): the client may not stop taking its response for `timeout`, nor
-        take it slower than `MIN_BYTES_PER_SECOND` after its first `timeout`. Counted
-        only from our buffer: what the kernel holds is bounded by the kernel."""
+        take it slower than `MIN_BYTES_PER_SECOND` after its first `timeout`. Watched only
+        while our buffer holds some: what the kernel alone holds, the kernel bounds."""
         allowed = self._send_began + timeout + self._sent / MIN_BYTES_PER_SECOND
         return min(self._last_sent + timeout, allowed) - now
 

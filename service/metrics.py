@@ -213,7 +213,8 @@ class Metrics:
         )
         self.http_send_stalls = Counter(
             "http_connections_send_stalled_total",
-            "HTTP connections aborted: the client took none of its response for the send timeout.",
+            "HTTP connections reset: the client stopped taking its response for the send "
+            "timeout, or took it slower than 240 bytes/s.",
             registry=r,
         )
         self.resident_memory = Gauge(

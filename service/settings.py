@@ -104,9 +104,10 @@ class Settings(BaseSettings):
     that sends nothing for this long is closed. A stalled or slowloris client would otherwise
     hold a connection for ever."""
     client_send_timeout_seconds: float = Field(30.0, gt=0)
-    """A connection whose client takes none of its response for this long (while the server
-    holds bytes of it the kernel could not take) is aborted, as nginx's send_timeout does. A
-    client that never reads would otherwise hold its connection and the response for ever."""
+    """A connection whose client takes none of its response for this long, or after it takes
+    it slower than 240 bytes/s (while the server holds bytes of it the kernel could not take),
+    is reset, as nginx's send_timeout does. A client that never reads would otherwise hold its
+    connection and the response for ever."""
     max_connections: int = Field(10_000, ge=1)
     """Client connections one worker holds, per protocol (HTTP and gRPC), lowered at start to
     what the open-file limit holds. At the limit a new HTTP connection replaces the longest-idle
