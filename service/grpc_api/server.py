@@ -286,7 +286,7 @@ class GrpcServer:
         self.settings = settings
         self.plane = plane
         message_bytes = settings.grpc_max_message_bytes
-        read_timeout = settings.client_read_timeout_seconds
+        read_timeout_ms = round(settings.client_read_timeout_seconds * 1000)
         self.server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", message_bytes),
@@ -297,15 +297,15 @@ class GrpcServer:
                 # limit, the HTTP/2 handshake within the read timeout (gRPC's default: 120 s),
                 # and a GOAWAY after a while with no call (clients reconnect on their next one).
                 ("grpc.max_allowed_incoming_connections", settings.max_connections),
-                ("grpc.server_handshake_timeout_ms", round(read_timeout * 1000)),
+                ("grpc.server_handshake_timeout_ms", read_timeout_ms),
                 ("grpc.max_connection_idle_ms", GRPC_IDLE_CONNECTION_MS),
                 # A client that stops reading holds its answered calls, each counted against
                 # `maximum_concurrent_rpcs` until sent: 80 such connections held 4,161 and every
                 # other call got RESOURCE_EXHAUSTED. It must acknowledge our settings and pings
                 # within the read timeout (gRPC's defaults: 60 s, and no pings for 2 hours).
-                ("grpc.http2.settings_timeout", round(read_timeout * 1000)),
+                ("grpc.http2.settings_timeout", read_timeout_ms),
                 ("grpc.keepalive_time_ms", GRPC_KEEPALIVE_MS),
-                ("grpc.keepalive_timeout_ms", round(read_timeout * 1000)),
+                ("grpc.keepalive_timeout_ms", read_timeout_ms),
                 # Calls in progress: per connection as Go's HTTP/2 server bounds them (a client
                 # queues the rest), and in all, with room kept for health checks and reflection
                 # past the limit `CallRecorder` puts on the other calls.
