@@ -196,8 +196,8 @@ def main() -> None:
         "--probe-after-seconds",
         type=float,
         default=1,
-        help="when the probes start, from the flood's start (slow-read: the server is busy "
-        "writing for a while)",
+        help="when the probes start, from the flood's start, and at least 1 s after its last "
+        "socket (slow-read: the server is busy writing for a while)",
     )
     parser.add_argument("--server-max-connections", type=int, help="MNIST_MAX_CONNECTIONS")
     parser.add_argument("--code", type=Path)
@@ -238,7 +238,7 @@ def main() -> None:
         else:
             held = flood(HTTP_PORT if args.port == "http" else GRPC_PORT, count, args.kind, stop)
         opened_in = time.monotonic() - started
-        time.sleep(max(0.0, args.probe_after_seconds - opened_in))
+        time.sleep(max(1.0, args.probe_after_seconds - opened_in))  # 1 s after the last
         during = probes(probe, args.probes)
         time.sleep(max(0.0, args.hold_seconds - (time.monotonic() - started)))
         print(
