@@ -75,6 +75,24 @@ class RequestContextMiddleware:
                 body_read = True
             return message
 
+        recorded = False
+
+        def finish() -> None:
+            nonlocal recorded
+            if recorded:
+                return
+            recorded = True
+            elapsed = time.perf_counter() - started
+            template = _route_template(scope)
+            method = scope["method"]
+            trace_id = None
+            if tracing is not None:
+                tracing.end_request(span, token, method, template, status, state)
+                trace_id = tracing.trace_id(span)
+            self.record(
+                request_id, method, template, scope["path"], status, elapsed, state, trace_id
+            )
+
         async def send_with_id(message: Message) -> None:
             nonlocal status, response_started
             if message["type"] == "http.response.start":
@@ -91,6 +109,10 @@ class RequestContextMiddleware:
                     if not body_read:
                         await _discard_body(receive_tracked)
                 message["headers"] = headers
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                # Counted before the last byte leaves: a client that scrapes right after its
+                # answer (perhaps from the other worker) must find its request counted.
+                finish()
             await send(message)
 
         try:
@@ -114,16 +136,7 @@ class RequestContextMiddleware:
                     ServingError("internal server error"), scope, receive, send_with_id
                 )
         finally:
-            elapsed = time.perf_counter() - started
-            template = _route_template(scope)
-            method = scope["method"]
-            trace_id = None
-            if tracing is not None:
-                tracing.end_request(span, token, method, template, status, state)
-                trace_id = tracing.trace_id(span)
-            self.record(
-                request_id, method, template, scope["path"], status, elapsed, state, trace_id
-            )
+            finish()
 
 
 class RequestRecord:

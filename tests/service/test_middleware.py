@@ -40,3 +40,45 @@ def test_an_unexpected_error_is_a_json_500_with_the_request_id_and_its_route() -
     assert answer.headers["x-request-id"] == "crash-1"
     text = metrics.render()[0].decode()
     assert metric(text, "http_requests_total", route="/items/{item}", status="500") == 1
+
+
+async def hello(request: Request) -> Response:
+    return Response(b"hello")
+
+
+def test_a_request_is_counted_before_its_last_byte_is_sent() -> None:
+    """A client that scrapes right after its answer (from the other worker, perhaps) must find
+    its own request counted: counting after the send raced the client's next request."""
+    metrics = Metrics()
+    app = Starlette(routes=[Route("/hello", hello)])
+    app.add_middleware(RequestContextMiddleware, record=RequestRecord(metrics), shutdown=Running())
+    counted_when_sent: list[float | None] = []
+
+    async def send(message: dict[str, object]) -> None:
+        if message["type"] == "http.response.body":
+            text = metrics.render()[0].decode()
+            counted_when_sent.append(
+                metric(text, "http_requests_total", route="/hello", status="200")
+            )
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/hello",
+        "raw_path": b"/hello",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+    asyncio.run(app(scope, receive, send))  # type: ignore[arg-type]
+    assert counted_when_sent == [1]
+    text = metrics.render()[0].decode()
+    assert metric(text, "http_requests_total", route="/hello", status="200") == 1  # once only

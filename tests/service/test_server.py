@@ -353,7 +353,7 @@ def test_refusals_from_the_headers_survive_hostile_header_values(
 def test_metrics_cover_every_worker(start_server: Start, trained_repository: Path) -> None:
     server = start_server(trained_repository, MNIST_WORKERS="2")
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        list(
+        answers = list(
             pool.map(
                 lambda _: httpx.post(
                     server.url + "/v1/predict", json={"instances": [[0] * 784]}, timeout=30
@@ -361,6 +361,7 @@ def test_metrics_cover_every_worker(start_server: Start, trained_repository: Pat
                 range(40),
             )
         )
+    assert [answer.status_code for answer in answers] == [200] * 40, server.logs()[-2000:]
     for _ in range(4):  # whichever worker answers the scrape, it reports both
         text = scrape(server)
         assert metric(text, "http_requests_total", route="/v1/predict", status="200") == 40
