@@ -31,7 +31,9 @@ An upgrade offer (`Upgrade: h2c`, which curl --http2, Java's HttpClient and Spri
 add to ordinary requests, or `Upgrade: websocket`) is declined, as RFC 9110 section 7.8 allows,
 and the request is served as HTTP/1.1. This service has no WebSocket route, and uvicorn's own
 handling breaks such requests: llhttp stops at the end of the headers, so a POST reached the app
-with an empty body (a 400) and whatever followed it on the connection was lost.
+with an empty body (a 400) and whatever followed it on the connection was lost. What llhttp
+parses but HTTP/1 forbids (no Host in 1.1, two of them, a version that is not 1.x) gets 400 and
+a closed connection, before the app and before admission.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import re
 import socket
 import struct
 import sys
@@ -450,10 +453,10 @@ class EarlyRefusalProtocol(HttpToolsProtocol):
         self._body_began, self._body_bytes = self.loop.time(), 0
         limits: ConnectionLimits | None = self.app_state.get(LIMITS_KEY)
         if limits is not None:
-            oversized = self._oversized_head(limits.max_head_bytes)
-            if oversized is not None:
+            faulty = self._oversized_head(limits.max_head_bytes) or self._malformed_head()
+            if faulty is not None:
                 self.cycle = self._answered_cycle(keep_alive=False)  # its body is dropped
-                self._refuse_head(limits, oversized)
+                self._refuse_head(limits, faulty)
                 return
         early: EarlyRefusal | None = self.app_state.get(STATE_KEY)
         answer = None
@@ -503,6 +506,33 @@ class EarlyRefusalProtocol(HttpToolsProtocol):
         if size > limit:
             return _head_too_large(limit)
         return None
+
+    def _malformed_head(self) -> MalformedRequest | None:
+        """What llhttp parses but HTTP/1 forbids (RFC 9112 section 3.2, RFC 9110 section 7.2):
+        a 1.1 request without Host, any request with two (a proxy in front may have routed by
+        the other) or with one that is not a host and port; and a version that is not HTTP/1
+        (HTTP/2 has no request line: uvicorn answered `HTTP/2.0` as if it were 1.1)."""
+        version = self.parser.get_http_version()
+        if version not in ("1.0", "1.1"):
+            return MalformedRequest(
+                f"HTTP/{version} is not served on this port: send HTTP/1.1 (HTTP/2 is gRPC's,"
+                " on the gRPC port)"
+            )
+        hosts = [value for name, value in self.headers if name == b"host"]
+        if len(hosts) > 1:
+            return MalformedRequest("the request has more than one Host header")
+        if not hosts and version == "1.1":
+            return MalformedRequest("an HTTP/1.1 request needs a Host header")
+        if hosts and _HOST.fullmatch(hosts[0]) is None:
+            return MalformedRequest("the Host header is not a host name or address and a port")
+        return None
+
+
+_HOST = re.compile(
+    rb"(?:\[[0-9A-Za-z:.\-_~!$&'()*+,;=%]+\]|[0-9A-Za-z.\-_~!$&'()*+,;=%]*)(?::[0-9]*)?"
+)
+"""RFC 9110's `uri-host [ ":" port ]`: an IP literal in brackets or a registered name (which
+includes IPv4), then an optional port; empty is allowed for a target without an authority."""
 
 
 def _head_too_large(limit: int) -> HeadersTooLarge:

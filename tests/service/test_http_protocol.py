@@ -240,6 +240,58 @@ def test_a_head_over_the_limit_is_refused_however_it_arrives(padding: bytes, sta
         assert (code, json.loads(body)["code"]) == (414, "uri_too_long")
 
 
+HEADS = {
+    # What HTTP/1 allows: served, and the connection reads the next request.
+    b"GET /echo HTTP/1.1\r\nHost: example.com:8080\r\n\r\n": 200,
+    b"GET /echo HTTP/1.1\r\nHost: [::1]:80\r\n\r\n": 200,
+    b"GET /echo HTTP/1.1\r\nHost: 10.0.0.7\r\n\r\n": 200,
+    b"GET /echo HTTP/1.1\r\nHost:\r\n\r\n": 200,  # a target without an authority
+    b"GET /echo HTTP/1.0\r\n\r\n": 200,  # 1.0 needs no Host (uvicorn then closes)
+    # What llhttp parses and HTTP/1 forbids: 400, and the connection closed.
+    b"GET /echo HTTP/1.1\r\n\r\n": 400,
+    b"GET /echo HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n": 400,
+    b"GET /echo HTTP/1.0\r\nHost: a\r\nhost: a\r\n\r\n": 400,
+    b"GET /echo HTTP/1.1\r\nHost: user@example.com\r\n\r\n": 400,
+    b"GET /echo HTTP/1.1\r\nHost: example.com/path\r\n\r\n": 400,
+    b"GET /echo HTTP/1.1\r\nHost: a b\r\n\r\n": 400,
+    b"GET /echo HTTP/1.1\r\nHost: example.com:80x\r\n\r\n": 400,
+    b"GET /echo HTTP/2.0\r\nHost: x\r\n\r\n": 400,
+    b"GET /echo HTTP/0.9\r\nHost: x\r\n\r\n": 400,
+    b"POST /v1/predict HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}": 400,  # before admission
+}
+
+
+def test_heads_http_1_forbids_are_refused_and_the_rest_served() -> None:
+    """RFC 9112 section 3.2: a 1.1 request without Host, or any with two or an invalid one, is
+    a 400 (a proxy in front may have routed by another Host than the one the app sees)."""
+    metrics = Metrics()
+    record = RequestRecord(metrics, log_requests=False)
+    keys = ApiKeys([], [])
+    early = EarlyRefusal(QueueFull(), keys, Running(), record, tracing=False)
+    with serving(early, record, keys) as (port, reached):
+        for head, status in HEADS.items():
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+                connection.sendall(head)
+                if status == 200:
+                    connection.sendall(
+                        b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                    )
+                stream = b"\r\n\r\n".join(answer_until_closed(connection))
+            answered = responses(stream)
+            if status == 200:
+                served = [200] if b"HTTP/1.0" in head else [200, 200]
+                assert [code for code, _ in answered] == served, (head, stream)
+                continue
+            assert len(answered) == 1, (head, stream)  # and the connection closed
+            code, body = answered[0]
+            assert (code, json.loads(body)["code"]) == (400, "malformed_request"), (head, stream)
+            assert b"x-request-id: " in stream.lower()
+    assert reached == []
+    text = metrics.render()[0].decode()
+    refused = sum(status == 400 for status in HEADS.values())
+    assert metric(text, "http_requests_total", status="400") == refused
+
+
 def test_at_the_connection_limit_the_longest_idle_connection_gives_way() -> None:
     """A client holding sockets it does not use loses them to new clients: idle ones are closed,
     one still sending a request's head is answered 503. A connection whose request the app has
