@@ -77,20 +77,23 @@ class RequestContextMiddleware:
 
         recorded = False
 
-        def finish() -> None:
+        def record() -> None:
             nonlocal recorded
             if recorded:
                 return
             recorded = True
             elapsed = time.perf_counter() - started
+            trace_id = None if tracing is None else tracing.trace_id(span)
             template = _route_template(scope)
-            method = scope["method"]
-            trace_id = None
-            if tracing is not None:
-                tracing.end_request(span, token, method, template, status, state)
-                trace_id = tracing.trace_id(span)
             self.record(
-                request_id, method, template, scope["path"], status, elapsed, state, trace_id
+                request_id,
+                scope["method"],
+                template,
+                scope["path"],
+                status,
+                elapsed,
+                state,
+                trace_id,
             )
 
         async def send_with_id(message: Message) -> None:
@@ -111,8 +114,10 @@ class RequestContextMiddleware:
                 message["headers"] = headers
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
                 # Counted before the last byte leaves: a client that scrapes right after its
-                # answer (perhaps from the other worker) must find its request counted.
-                finish()
+                # answer (perhaps from the other worker) must find its request counted. (The
+                # span ends below: this may run in a task of the response's own, as a file's
+                # does, whose context the span's cannot be detached from.)
+                record()
             await send(message)
 
         try:
@@ -136,7 +141,10 @@ class RequestContextMiddleware:
                     ServingError("internal server error"), scope, receive, send_with_id
                 )
         finally:
-            finish()
+            if tracing is not None:
+                template = _route_template(scope)
+                tracing.end_request(span, token, scope["method"], template, status, state)
+            record()
 
 
 class RequestRecord:
