@@ -9,6 +9,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Message, Receive, Scope, Send
 
 from service.metrics import Metrics
 from service.middleware import RequestContextMiddleware, RequestRecord
@@ -52,33 +53,27 @@ def test_a_request_is_counted_before_its_last_byte_is_sent() -> None:
     metrics = Metrics()
     app = Starlette(routes=[Route("/hello", hello)])
     app.add_middleware(RequestContextMiddleware, record=RequestRecord(metrics), shutdown=Running())
-    counted_when_sent: list[float | None] = []
+    counted_when_sent: list[float] = []
 
-    async def send(message: dict[str, object]) -> None:
-        if message["type"] == "http.response.body":
-            text = metrics.render()[0].decode()
-            counted_when_sent.append(
-                metric(text, "http_requests_total", route="/hello", status="200")
-            )
+    async def server(scope: Scope, receive: Receive, send: Send) -> None:
+        """What the server is handed to send, and what the metrics say at that moment."""
 
-    async def receive() -> dict[str, object]:
-        return {"type": "http.request", "body": b"", "more_body": False}
+        async def send_observed(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                text = metrics.render()[0].decode()
+                counted_when_sent.append(
+                    metric(text, "http_requests_total", route="/hello", status="200")
+                )
+            await send(message)
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": "/hello",
-        "raw_path": b"/hello",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 80),
-    }
-    asyncio.run(app(scope, receive, send))  # type: ignore[arg-type]
+        await app(scope, receive, send_observed)
+
+    async def call() -> httpx.Response:
+        transport = httpx.ASGITransport(app=server)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.get("/hello")
+
+    assert asyncio.run(call()).status_code == 200
     assert counted_when_sent == [1]
     text = metrics.render()[0].decode()
     assert metric(text, "http_requests_total", route="/hello", status="200") == 1  # once only
