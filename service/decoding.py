@@ -81,24 +81,35 @@ def to_number_array(values: Any, field: str, check_booleans: bool = True) -> npt
 
 
 def check_pixels(array: npt.NDArray[Any], field: str) -> npt.NDArray[np.float32]:
-    images = array.astype(np.float32, copy=False)
+    """The images as float32, once every value as sent is a pixel (0-255).
+
+    Checked before the cast: float32 rounds 255.000001 to 255 and 1e39 to infinity, which let
+    the one in and called the other an infinity the client never sent."""
     if array.dtype == np.uint8:  # 0-255 by its type
-        return images
-    low, high = images.min(), images.max()
+        return array.astype(np.float32, copy=False)
+    low, high = array.min(), array.max()
     if low >= 0 and high <= 255:  # NaN fails both tests, and an infinity the second
-        return images
-    if array.dtype.kind == "f" and not np.isfinite(images).all():
-        index = np.unravel_index(int(np.argmax(~np.isfinite(images))), images.shape)
+        return array.astype(np.float32, copy=False)
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        index = np.unravel_index(int(np.argmax(~np.isfinite(array))), array.shape)
         raise InvalidInput(
-            f"'{field}' image {index[0]} holds {images[index]}: NaN and Infinity are not pixel "
+            f"'{field}' image {index[0]} holds {array[index]}: NaN and Infinity are not pixel "
             "values (0-255)"
         )
-    bad = np.argmax((images < 0) | (images > 255))
-    index = np.unravel_index(int(bad), images.shape)
+    bad = np.argmax((array < 0) | (array > 255))
+    index = np.unravel_index(int(bad), array.shape)
     raise InvalidInput(
-        f"'{field}' image {index[0]} has value {images[index]:g} at row {index[1]}, "
+        f"'{field}' image {index[0]} has value {shown_number(array[index])} at row {index[1]}, "
         f"column {index[2]}; pixels must be in 0-255 (0 background, 255 ink)"
     )
+
+
+def shown_number(value: np.generic) -> str:
+    """A value as the client wrote it: 300 (not 300.0 or 3e+02), 255.00001, 1e+39."""
+    number = value.item()
+    if isinstance(number, float) and number.is_integer() and abs(number) < 1e16:
+        return str(int(number))
+    return str(value)
 
 
 def _describe_irregularity(values: Any, field: str) -> str:

@@ -28,6 +28,7 @@ from service.protocols.v2 import (
     EXTENSIONS,
     OUTPUTS,
     check_classification,
+    check_datatype,
     check_output_name,
     output_tensor,
     raw_contents,
@@ -36,17 +37,18 @@ from service.runtime import INPUT_NAME
 from service.settings import Settings
 
 # Which InferTensorContents field holds each datatype.
-CONTENTS_FIELD = {
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
+# Each datatype's typed contents field, with the type that field carries on the wire.
+CONTENTS_FIELD: dict[str, tuple[str, type[np.generic]]] = {
+    "UINT8": ("uint_contents", np.uint32),
+    "UINT16": ("uint_contents", np.uint32),
+    "UINT32": ("uint_contents", np.uint32),
+    "UINT64": ("uint64_contents", np.uint64),
+    "INT8": ("int_contents", np.int32),
+    "INT16": ("int_contents", np.int32),
+    "INT32": ("int_contents", np.int32),
+    "INT64": ("int64_contents", np.int64),
+    "FP32": ("fp32_contents", np.float32),
+    "FP64": ("fp64_contents", np.float64),
 }
 
 
@@ -95,19 +97,21 @@ def decode_images(request: Any, max_images: int) -> npt.NDArray[np.float32]:
             )
         flat = np.frombuffer(raw, dtype=dtype)
     else:
-        field = CONTENTS_FIELD.get(tensor.datatype)
-        if field is None:  # the protocol has no typed field for it
+        typed = CONTENTS_FIELD.get(tensor.datatype)
+        if typed is None:  # the protocol has no typed field for it
             raise InvalidInput(
                 f"input '{INPUT_NAME}' of {tensor.datatype} must be sent in raw_input_contents: "
                 "the V2 protocol has no typed contents field for it"
             )
+        field, wire_type = typed
         values = getattr(tensor.contents, field)
         if len(values) != elements:
             raise InvalidInput(
                 f"input '{INPUT_NAME}' has {len(values)} values in contents.{field}; "
                 f"shape {shape} needs {elements}"
             )
-        flat = np.asarray(values, dtype=dtype)
+        flat = np.asarray(values, dtype=wire_type)
+        check_datatype(flat, tensor.datatype, f"contents.{field}")
     return check_pixels(flat.reshape(count, IMAGE_SIDE, IMAGE_SIDE, 1), "contents")
 
 

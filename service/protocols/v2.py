@@ -29,6 +29,7 @@ from service.decoding import (
     check_pixels,
     may_hold_booleans,
     parse_json,
+    shown_number,
     to_number_array,
 )
 from service.errors import InvalidInput, MalformedRequest, ModelNotFound, UnsupportedMediaType
@@ -131,6 +132,31 @@ DATATYPES: dict[str, np.dtype[Any]] = {
     "FP64": np.dtype("<f8"),
 }
 ACCEPTED_SHAPES = "[N, 28, 28, 1], [N, 28, 28] or [N, 784]"
+
+
+def check_datatype(values: npt.NDArray[Any], datatype: str, where: str) -> None:
+    """Numbers written out (JSON `data`, gRPC typed contents) held to the declared datatype.
+
+    Raw bytes hold their datatype by construction; written numbers do not. Triton refuses 1.5
+    for a UINT8, and an INT8 of 200 would reach a model as -56 had it been sent as bytes. A
+    float datatype needs no check here: whatever it cannot hold is no pixel either.
+    """
+    dtype = DATATYPES[datatype]
+    if dtype.kind == "f":
+        return
+    limits = np.iinfo(dtype)
+    wrong = (values < limits.min) | (values > limits.max)
+    if values.dtype.kind == "f":
+        wrong |= values != np.trunc(values)  # NaN too: it equals nothing
+    if wrong.any():
+        index = int(np.argmax(wrong))
+        raise InvalidInput(
+            f"input '{INPUT_NAME}' is {datatype}, but value {index} of its {where} is "
+            f"{shown_number(values[index])}, which {datatype} cannot hold (integers "
+            f"{limits.min} to {limits.max})"
+        )
+
+
 EXTENSIONS = ["binary_tensor_data", "classification"]
 PIXEL_BLOCKS = frozenset({("inputs", "*", "data")})
 
@@ -327,6 +353,7 @@ def _decode_tensor(
             raise InvalidInput(
                 f"input '{INPUT_NAME}' has {flat.size} values but shape {shape} needs {elements}"
             )
+        check_datatype(flat, datatype, "data")
     return check_pixels(flat.reshape(count, IMAGE_SIDE, IMAGE_SIDE, 1), "data")
 
 

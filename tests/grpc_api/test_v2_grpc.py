@@ -119,6 +119,52 @@ def test_typed_contents_and_every_pixel_datatype(
 
 
 @pytest.mark.parametrize(
+    ("datatype", "field", "value", "message"),
+    [
+        # Beyond what the datatype holds: numpy's OverflowError answered UNKNOWN.
+        (
+            "INT8",
+            "int_contents",
+            200,
+            "input 'image' is INT8, but value 783 of its contents.int_contents is 200",
+        ),
+        (
+            "UINT8",
+            "uint_contents",
+            300,
+            "is UINT8, but value 783 of its contents.uint_contents is 300",
+        ),
+        (
+            "UINT16",
+            "uint_contents",
+            70_000,
+            "is UINT16, but value 783 of its contents.uint_contents is 70000",
+        ),
+        (
+            "INT16",
+            "int_contents",
+            -40_000,
+            "is INT16, but value 783 of its contents.int_contents is -40000",
+        ),
+        # Within the datatype, outside the pixels: named as sent, not as float32 rounds it.
+        ("FP64", "fp64_contents", 1e308, "has value 1e+308 at row 27, column 27"),
+        ("FP64", "fp64_contents", 255.000001, "has value 255.000001 at row 27, column 27"),
+    ],
+)
+def test_typed_contents_the_datatype_cannot_hold_are_invalid_argument(
+    grpc_server: tuple[LiveServer, str], datatype: str, field: str, value: float, message: str
+) -> None:
+    _, target = grpc_server
+    request = service_pb2.ModelInferRequest(model_name="mnist")
+    tensor = request.inputs.add(name="image", datatype=datatype, shape=[1, 784])
+    getattr(tensor.contents, field).extend([0] * 783 + [value])
+    with pytest.raises(grpc.RpcError) as refused:
+        stub(target).ModelInfer(request)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in refused.value.details()
+
+
+@pytest.mark.parametrize(
     ("change", "code", "message"),
     [
         ({"model_name": "nope"}, grpc.StatusCode.NOT_FOUND, "not found"),

@@ -83,6 +83,23 @@ CASES = [
         422,
         "row 3, column 5",
     ),
+    # Checked as sent, not after rounding to float32: 255.00001 was refused as "value 255", and
+    # 1e39 (beyond float32, not beyond JSON) was called an infinity.
+    *[
+        (
+            f"above-255-by-{case}",
+            "/v1/predict",
+            body({"instances": [with_pixel(v)]}),
+            JSON,
+            422,
+            text,
+        )
+        for case, v, text in (
+            ("a-little", 255.00001, "has value 255.00001 at row 3"),
+            ("less-than-float32-sees", 255.000001, "has value 255.000001 at row 3"),
+            ("more-than-float32-holds", 1e39, "has value 1e+39 at row 3"),
+        )
+    ],
     (
         "wrong-content-type",
         "/v1/predict",
@@ -160,6 +177,24 @@ CASES = [
     ("v2-size-mismatch", "/v2/models/mnist/infer", v2(FLAT[:700]), JSON, 400, "700 values"),
     ("v2-bad-shape", "/v2/models/mnist/infer", v2(FLAT, shape=(1, 784, 1)), JSON, 400, "shape"),
     ("v2-out-of-range", "/v2/models/mnist/infer", v2([300] * 784), JSON, 400, "0-255"),
+    ("v2-out-of-range-fp64", "/v2/models/mnist/infer", v2([1e308] * 784), JSON, 400, "1e+308"),
+    # The declared datatype is part of the request: Triton refuses a fraction for an integer type,
+    # and an INT8 cannot be 200 (sent as binary, it would be -56).
+    *[
+        (
+            f"v2-not-{datatype}",
+            "/v2/models/mnist/infer",
+            v2(data, datatype=datatype),
+            JSON,
+            400,
+            text,
+        )
+        for datatype, data, text in (
+            ("UINT8", [1.5] * 784, "input 'image' is UINT8, but value 0 of its data is 1.5"),
+            ("INT8", [0] * 783 + [200], "input 'image' is INT8, but value 783 of its data is 200"),
+            ("INT16", [0.25] * 784, "input 'image' is INT16, but value 0 of its data is 0.25"),
+        )
+    ],
     (
         "v2-unknown-output",
         "/v2/models/mnist/infer",
