@@ -22,7 +22,7 @@ from starlette.types import Message, Receive
 from service.batcher import PLANNED_SHARE
 from service.errors import InvalidInput, MalformedRequest, PayloadTooLarge, UnsupportedMediaType
 from service.images import PreparedImage, prepare_upload
-from service.params import parse_length_header, shown
+from service.params import shown
 from service.preparation import Preparation
 from service.protocols.admission import admit, client_gone
 from service.protocols.body import json_response, read_body, settings_of
@@ -62,16 +62,11 @@ def _media_type(request: Request) -> str:
 async def read_uploads(request: Request, settings: Settings, media: str) -> list[tuple[str, bytes]]:
     """`media`: the request's `_media_type`, which the caller has already read."""
     if media == "multipart/form-data":
-        declared = request.headers.get("content-length")
-        size = parse_length_header("Content-Length", declared) if declared else 0
-        if size > settings.max_upload_bytes:
-            raise PayloadTooLarge(
-                f"upload of {size} bytes exceeds the {settings.max_upload_bytes} byte limit"
-            )
-        if request.headers.get("content-encoding") is not None:
-            # The parser streams the raw body: give it the decoded one instead.
-            decoded = await read_body(request, settings.max_upload_bytes)
-            request = Request(request.scope, _replay(decoded))
+        # Read first, held to the limit (and decoded, for a Content-Encoding), then parsed:
+        # Starlette's parser bounds a file part by nothing, so a chunked body with no
+        # Content-Length streamed a gigabyte to a temporary file, and then into memory.
+        body = await read_body(request, settings.max_upload_bytes)
+        request = Request(request.scope, _replay(body))
         try:
             form = await request.form(
                 max_files=settings.max_upload_images,

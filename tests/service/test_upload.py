@@ -179,6 +179,36 @@ def test_truncated_and_multipart_mistakes(server: LiveServer, mnist: MnistSplits
     assert 'status="500"' not in metrics
 
 
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_multipart_body_is_held_to_the_upload_limit_however_it_is_framed(
+    server: LiveServer, framing: str
+) -> None:
+    """Starlette's form parser bounds no file part: a chunked body (no Content-Length to refuse
+    up front) was streamed whole to a temporary file and then read into memory."""
+    head = (
+        b'--bound\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n'
+        b"Content-Type: image/png\r\n\r\n\x89PNG"
+    )
+    block = bytes(64 * 1024)
+    blocks = 4 * MAX_UPLOAD_BYTES // len(block)
+
+    def body() -> Iterator[bytes]:
+        yield head
+        yield from (block for _ in range(blocks))
+        yield b"\r\n--bound--\r\n"
+
+    sent = body() if framing == "chunked" else b"".join(body())
+    answer = httpx.post(
+        server.url + "/v1/predict/image",
+        content=sent,
+        headers={"content-type": "multipart/form-data; boundary=bound"},
+        timeout=30,
+    )
+    assert answer.status_code == 413, answer.text
+    assert f"exceeds the {MAX_UPLOAD_BYTES} byte limit" in answer.json()["error"]
+    assert httpx.get(server.url + "/healthz").status_code == 200
+
+
 @pytest.mark.parametrize("mode", ["LAB", "CMYK", "YCbCr", "I", "I;16", "F", "P", "LA", "1"])
 def test_every_colour_mode_is_read_or_refused_as_a_client_error(
     server: LiveServer, mnist: MnistSplits, mode: str
