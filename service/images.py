@@ -38,6 +38,11 @@ CENTRE_OF_MASS = 14.0
 centre 13.5. Centring on 13.5 instead doubles the pixel difference between a rendered-then-prepared
 test digit and its original (8.3 to 15.8 per pixel); our shift-augmented model does not mind, a
 model trained without augmentation would."""
+ALPHA_SAMPLE_SIDE = 128
+LUMINANCE = np.array([0.299, 0.587, 0.114])
+"""ITU-R 601-2, as Pillow's conversion to grey weighs red, green and blue."""
+WHITE = (255, 255, 255, 255)
+BLACK = (0, 0, 0, 255)
 PAPER_SAMPLES = 64
 PAPER_DEGREE = 2
 _EXPONENTS = [(i, j) for i in range(PAPER_DEGREE + 1) for j in range(PAPER_DEGREE + 1 - i)]
@@ -110,12 +115,12 @@ def decode_upload(data: bytes, max_pixels: int, name: str = "image") -> Image.Im
     return image
 
 
-def to_grayscale_on_white(image: Image.Image) -> npt.NDArray[np.float32]:
-    """Composite any transparency onto white paper (an empty transparent canvas is paper)."""
+def to_grayscale(image: Image.Image) -> npt.NDArray[np.float32]:
+    """Any transparency laid on paper (`paper_behind`), any depth brought to 8 bits, as grey."""
     image = ImageOps.exif_transpose(image) or image
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
-        paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        paper = Image.new("RGBA", rgba.size, paper_behind(rgba))
         image = Image.alpha_composite(paper, rgba)
     elif image.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(image, dtype=np.float64)
@@ -126,6 +131,28 @@ def to_grayscale_on_white(image: Image.Image) -> npt.NDArray[np.float32]:
     gray = image.convert("L")
     gray.thumbnail((WORKING_SIDE, WORKING_SIDE), Image.Resampling.LANCZOS)
     return np.asarray(gray, dtype=np.float32)
+
+
+def paper_behind(rgba: Image.Image) -> tuple[int, int, int, int]:
+    """White, unless what is visible is strokes of one light colour: then black.
+
+    The colour under a transparent pixel is never seen, so a transparent canvas shows only its
+    strokes, and they must stand out from the paper they are laid on. On white, a dark-mode
+    app's white pen left nothing to read, and a yellow one 29 levels. A picture with paper of
+    its own (a sheet with a clear margin) shows both light and dark, and keeps white as before.
+    Judged on a small copy, resampled with its alpha, so a thin stroke still counts.
+    """
+    small = rgba.resize(
+        (min(rgba.width, ALPHA_SAMPLE_SIDE), min(rgba.height, ALPHA_SAMPLE_SIDE)),
+        Image.Resampling.BOX,
+    )
+    pixels = np.asarray(small, dtype=np.float64).reshape(-1, 4)
+    weight = pixels[:, 3] / 255
+    if weight.sum() == 0:  # an empty canvas: paper
+        return WHITE
+    light = (pixels[:, :3] @ LUMINANCE * weight).sum() / weight.sum()
+    spread = np.sqrt(((pixels[:, :3] @ LUMINANCE - light) ** 2 * weight).sum() / weight.sum())
+    return BLACK if light > 127.5 and spread < MIN_INK_CONTRAST else WHITE
 
 
 def ink_map(gray: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -209,7 +236,7 @@ def otsu_threshold(values: npt.NDArray[np.float32]) -> float:
 
 
 def preprocess(image: Image.Image, name: str = "image") -> PreparedImage:
-    ink = ink_map(to_grayscale_on_white(image))
+    ink = ink_map(to_grayscale(image))
     # The strongest 3x3 neighbourhood: a thin stroke counts, a lone noisy pixel does not.
     smoothed = Image.fromarray(np.clip(ink, 0, 255).astype(np.uint8), mode="L").filter(
         ImageFilter.BoxBlur(1)

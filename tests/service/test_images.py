@@ -55,9 +55,40 @@ def test_dark_on_light_and_light_on_dark_give_the_same_input() -> None:
     assert best_shift_correlation(normal, inverted, 0) > 0.99
 
 
-def test_transparent_background_is_paper() -> None:
-    transparent = seven(mode="RGBA", ink=(0, 0, 0, 255), paper=(0, 0, 0, 0))
-    assert best_shift_correlation(prepared(transparent), prepared(seven()), 0) > 0.99
+@pytest.mark.parametrize(
+    ("ink", "hidden"),
+    [
+        ((0, 0, 0), (0, 0, 0)),  # a drawing app's export: black pen, transparent canvas
+        ((0, 0, 0), (255, 255, 255)),
+        ((255, 255, 255), (255, 255, 255)),  # a dark-mode app's white pen: was "no ink"
+        ((255, 255, 0), (0, 0, 0)),  # a yellow highlighter: 29 levels from white, was "no ink"
+        ((30, 60, 200), (30, 60, 200)),
+    ],
+    ids=["black", "black-over-white", "white", "yellow", "blue"],
+)
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+def test_strokes_on_a_transparent_canvas_are_the_digit_whatever_their_colour(
+    ink: tuple[int, int, int], hidden: tuple[int, int, int], mode: str
+) -> None:
+    """The colour under a transparent pixel is not seen, so the strokes are the drawing: the
+    paper they are laid on must stand out from them, whatever colour the pen was."""
+    canvas = seven(mode="RGBA", ink=(*ink, 255), paper=(*hidden, 0))
+    if mode == "LA":
+        canvas = canvas.convert("LA")
+    elif mode == "P":  # a GIF's or an indexed PNG's transparency: one palette entry
+        strokes = np.asarray(canvas)[..., 3] > 0
+        canvas = Image.fromarray(strokes.astype(np.uint8), mode="P")
+        canvas.putpalette([*hidden, *ink])
+        canvas.info["transparency"] = 0
+    assert best_shift_correlation(prepared(canvas), prepared(seven()), 0) > 0.99
+
+
+def test_an_opaque_sheet_on_a_transparent_margin_keeps_its_own_paper() -> None:
+    """A picture that has its own paper (a scan with rounded corners, a sticker) is read as
+    before: its dark ink on its light paper, the clear margin laid on white."""
+    sheet = Image.new("RGBA", (260, 260), (0, 0, 0, 0))
+    sheet.paste(seven(mode="RGBA", ink=(0, 0, 0, 255), paper=(255, 255, 255, 255)), (30, 30))
+    assert best_shift_correlation(prepared(sheet), prepared(seven()), 0) > 0.99
 
 
 def test_off_centre_and_tiny_digits_are_scaled_to_20_and_centred() -> None:
