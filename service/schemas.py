@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 Pixel = Annotated[float, Field(ge=0, le=255)]
 Image = list[list[Pixel]] | list[Pixel]
@@ -70,6 +70,14 @@ class LabelTarget(BaseModel):
     """The body of `PUT /v1/admin/models/{name}/labels/{label}`."""
 
     version: int = Field(ge=1, examples=[2])
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _not_a_boolean(cls, value: Any) -> Any:
+        """Pydantic's lax mode reads `true` as 1: a label moved to version 1 by mistake."""
+        if isinstance(value, bool):
+            raise ValueError("a version is a number, not true or false")
+        return value
 
 
 class ErrorResponse(BaseModel):
