@@ -32,7 +32,8 @@ def settings_of(request: Request) -> Settings:
 async def read_body(request: Request, max_bytes: int) -> bytes:
     """Refuse by Content-Length before reading; count while streaming when there is none. A
     compressed body (`Content-Encoding`) is decoded, held to the same limit."""
-    coding = request.headers.get("content-encoding")
+    # Several lines of a list field are one list (RFC 9110 section 5.3): gzip, then gzip again.
+    coding = ", ".join(request.headers.getlist("content-encoding")) or None
     content_coding.codings(coding)  # a 415 before the body is read
     declared = request.headers.get("content-length")
     if declared is not None:

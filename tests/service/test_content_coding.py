@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import tracemalloc
 import zlib
 
 import pytest
+from starlette.requests import Request
+from starlette.types import Message
 
 from service.content_coding import decode
 from service.errors import MalformedRequest, PayloadTooLarge, UnsupportedMediaType
+from service.protocols.body import read_body
 
 BODY = b'{"instances": [' + b"0," * 783 + b"0]}"
 LIMIT = 1 << 20
@@ -73,3 +77,16 @@ def test_a_compression_bomb_stops_at_the_limit() -> None:
     with pytest.raises(PayloadTooLarge):
         decode(gzip.compress(BODY), "gzip", len(BODY) - 1)
     assert decode(gzip.compress(BODY), "gzip", len(BODY)) == BODY
+
+
+def test_codings_on_several_header_lines_are_one_list() -> None:
+    """RFC 9110 section 5.3: `Content-Encoding: deflate` then `Content-Encoding: gzip` is
+    `deflate, gzip`. Only the first line was read, so such a body was a 400."""
+    sent = gzip.compress(zlib.compress(BODY))
+    headers = [(b"content-encoding", b"deflate"), (b"content-encoding", b"gzip")]
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": sent, "more_body": False}
+
+    request = Request({"type": "http", "method": "POST", "headers": headers}, receive)
+    assert asyncio.run(read_body(request, LIMIT)) == BODY

@@ -258,12 +258,21 @@ HEADS = {
     b"GET /echo HTTP/2.0\r\nHost: x\r\n\r\n": 400,
     b"GET /echo HTTP/0.9\r\nHost: x\r\n\r\n": 400,
     b"POST /v1/predict HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}": 400,  # before admission
+    # Two of a field that takes one value: the app read the first, a proxy maybe the other.
+    b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    b"content-type: text/plain\r\nContent-Length: 2\r\n\r\n{}": 400,
+    b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Request-Timeout-Ms: 5\r\n"
+    b"X-Request-Timeout-Ms: 5000\r\n\r\n": 400,
+    b"GET /echo HTTP/1.1\r\nHost: x\r\nInference-Header-Content-Length: 2\r\n"
+    b"Inference-Header-Content-Length: 3\r\n\r\n": 400,
+    b"GET /echo HTTP/1.1\r\nHost: x\r\nAccept: a/b\r\nAccept: c/d\r\n\r\n": 200,  # a list
 }
 
 
 def test_heads_http_1_forbids_are_refused_and_the_rest_served() -> None:
     """RFC 9112 section 3.2: a 1.1 request without Host, or any with two or an invalid one, is
-    a 400 (a proxy in front may have routed by another Host than the one the app sees)."""
+    a 400 (a proxy in front may have routed by another Host than the one the app sees); so is
+    one with two of a field that takes one value, such as Content-Type."""
     metrics = Metrics()
     record = RequestRecord(metrics, log_requests=False)
     keys = ApiKeys([], [])
