@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 import numpy as np
 import numpy.typing as npt
+from google.protobuf import json_format
 
 from service import __version__
 from service.dataplane import DataPlane
@@ -30,6 +31,7 @@ from service.protocols.v2 import (
     check_classification,
     check_datatype,
     check_output_name,
+    model_config,
     output_tensor,
     raw_contents,
 )
@@ -167,6 +169,15 @@ class InferenceService(inference_grpc.GRPCInferenceServiceServicer):  # type: ig
                 for name, (datatype, shape) in OUTPUTS.items()
             ],
         )
+
+    @abort_with
+    async def ModelConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        self._check_name(request.name)
+        self.plane.resolve(request.name, version_of(request.version))
+        config = json_format.ParseDict(
+            model_config(self.plane, self.settings), inference.ModelConfig()
+        )
+        return inference.ModelConfigResponse(config=config)
 
     @abort_with
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802

@@ -157,7 +157,7 @@ def check_datatype(values: npt.NDArray[Any], datatype: str, where: str) -> None:
         )
 
 
-EXTENSIONS = ["binary_tensor_data", "classification"]
+EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration"]
 PIXEL_BLOCKS = frozenset({("inputs", "*", "data")})
 
 
@@ -205,6 +205,59 @@ def _model_metadata(plane: DataPlane, name: str, version: str | None) -> Respons
             ],
         }
     )
+
+
+def model_config(plane: DataPlane, settings: Settings) -> dict[str, Any]:
+    """Triton's model configuration (its `model_configuration` extension), as Triton describes
+    a TensorFlow SavedModel that batches. Tools built on tritonclient read the batch limit and
+    the per-image shapes here (`max_batch_size`, then `dims` without the batch dimension), not
+    in the metadata. One image's digit and flag are scalars: `dims` [1], reshaped to []."""
+    outputs = []
+    for name, (datatype, shape) in OUTPUTS.items():
+        dims = {"dims": shape[1:]} if shape[1:] else {"dims": [1], "reshape": {"shape": []}}
+        outputs.append({"name": name, "data_type": f"TYPE_{datatype}", **dims})
+    return {
+        "name": plane.name,
+        "platform": "tensorflow_savedmodel",
+        "backend": "tensorflow",
+        "version_policy": {"specific": {"versions": sorted(plane.served)}},
+        "max_batch_size": settings.max_request_images,
+        "input": [
+            {
+                "name": INPUT_NAME,
+                "data_type": "TYPE_FP32",
+                "format": "FORMAT_NONE",
+                "dims": [IMAGE_SIDE, IMAGE_SIDE, 1],
+            }
+        ],
+        "output": outputs,
+        "dynamic_batching": {
+            "preferred_batch_size": [settings.max_batch_size],
+            "max_queue_delay_microseconds": round(settings.max_batch_delay_ms * 1000),
+        },
+    }
+
+
+def _model_config(request: Request, name: str, version: str | None) -> Response:
+    plane = plane_of(request)
+    plane.resolve(name, _check_model(plane, name, version))
+    return json_response(model_config(plane, settings_of(request)))
+
+
+@router.get(
+    "/v2/models/{name}/config", summary="Model configuration (Triton)", responses=ERROR_RESPONSES
+)
+async def model_configuration(request: Request, name: str) -> Response:
+    return _model_config(request, name, None)
+
+
+@router.get(
+    "/v2/models/{name}/versions/{version}/config",
+    summary="Model version configuration (Triton)",
+    responses=ERROR_RESPONSES,
+)
+async def model_version_configuration(request: Request, name: str, version: str) -> Response:
+    return _model_config(request, name, version)
 
 
 @router.get("/v2/models/{name}/ready", summary="Model ready (V2)")

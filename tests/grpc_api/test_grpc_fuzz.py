@@ -48,6 +48,7 @@ METHODS = [
     "/tensorflow.serving.PredictionService/MultiInference",
     "/tensorflow.serving.ModelService/GetModelStatus",
     "/grpc.health.v1.Health/Check",
+    "/inference.GRPCInferenceService/ModelConfig",
 ]
 
 

@@ -103,6 +103,41 @@ def test_tritonclient_grpc_gets_the_same_digits_as_rest(
     client.close()
 
 
+def test_tritonclient_grpc_reads_the_model_configuration(
+    grpc_server: tuple[LiveServer, str],
+) -> None:
+    """The same configuration as over REST, in Triton's own ModelConfig message."""
+    from tritonclient.grpc import model_config_pb2
+
+    _, target = grpc_server
+    client = triton.InferenceServerClient(target)
+    assert "model_configuration" in client.get_server_metadata().extensions
+    config = client.get_model_config("mnist").config
+    assert client.get_model_config("mnist", "1").config == config
+    assert (config.name, config.platform, config.max_batch_size) == (
+        "mnist",
+        "tensorflow_savedmodel",
+        8,  # MNIST_MAX_REQUEST_IMAGES
+    )
+    assert list(config.version_policy.specific.versions) == [1]
+    (image,) = config.input
+    assert (image.name, image.data_type, list(image.dims)) == (
+        "image",
+        model_config_pb2.TYPE_FP32,
+        [28, 28, 1],
+    )
+    assert [(o.name, list(o.dims), o.HasField("reshape")) for o in config.output] == [
+        ("probabilities", [10], False),
+        ("digit", [1], True),
+        ("unsure", [1], True),
+    ]
+    assert list(config.dynamic_batching.preferred_batch_size) == [32]
+    with pytest.raises(InferenceServerException) as refused:
+        client.get_model_config("mnist", "2")
+    assert "version 2" in str(refused.value)
+    client.close()
+
+
 def test_typed_contents_and_every_pixel_datatype(
     grpc_server: tuple[LiveServer, str], digits: np.ndarray, expected_digits: list[int]
 ) -> None:
@@ -449,14 +484,17 @@ import json, sys
 sys.path.insert(0, sys.argv[1])
 from service.grpc_api.protos import inference
 from tests.grpc_api.fields import message_fields
-names = [n for n in dir(inference) if hasattr(getattr(inference, n), "DESCRIPTOR")]
-print(json.dumps({n: message_fields(getattr(inference, n)) for n in names if n[0].isupper()}))
+kinds = {n: getattr(getattr(inference, n), "DESCRIPTOR", None) for n in dir(inference)}
+messages = [n for n, kind in kinds.items() if n[0].isupper() and hasattr(kind, "fields")]
+print(json.dumps({n: message_fields(getattr(inference, n)) for n in messages}))
 """
 
 
 def test_message_numbers_are_the_specifications() -> None:
     """Our .proto against tritonclient's generated messages, field by field (in a child
     process: both declare the `inference` package, and one process holds only one)."""
+    from tritonclient.grpc import model_config_pb2
+
     probe = subprocess.run(
         [sys.executable, "-c", FIELDS_PROBE, str(ROOT)], capture_output=True, text=True
     )
@@ -464,7 +502,7 @@ def test_message_numbers_are_the_specifications() -> None:
     ours = json.loads(probe.stdout)
     assert len(ours) >= 14
     for name, fields in ours.items():
-        theirs = message_fields(getattr(service_pb2, name))
+        theirs = message_fields(getattr(service_pb2, name, None) or getattr(model_config_pb2, name))
         assert {k: v for k, v in theirs.items() if k in fields} == fields, name
         assert set(fields) <= set(theirs), name
 

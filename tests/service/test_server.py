@@ -142,6 +142,36 @@ def test_tensorflow_serving_status_and_metadata_shapes(served_model: LiveServer)
         assert client.get("/v1/models/mnist/versions/2").status_code == 404
 
 
+def test_tritonclient_reads_the_model_configuration(served_model: LiveServer) -> None:
+    """Triton's model configuration extension: tools built on tritonclient read the batch limit
+    and the per-image shapes there (a 404 before)."""
+    import tritonclient.http as triton
+    from tritonclient.utils import InferenceServerException
+
+    client = triton.InferenceServerClient(url=served_model.url.removeprefix("http://"))
+    assert "model_configuration" in client.get_server_metadata()["extensions"]
+    config = client.get_model_config("mnist")
+    assert client.get_model_config("mnist", "1") == config
+    assert config["max_batch_size"] == 4  # MNIST_MAX_REQUEST_IMAGES
+    assert config["version_policy"] == {"specific": {"versions": [1]}}
+    assert config["input"] == [
+        {"name": "image", "data_type": "TYPE_FP32", "format": "FORMAT_NONE", "dims": [28, 28, 1]}
+    ]
+    assert [(o["name"], o["data_type"], o["dims"]) for o in config["output"]] == [
+        ("probabilities", "TYPE_FP32", [10]),
+        ("digit", "TYPE_INT64", [1]),
+        ("unsure", "TYPE_BOOL", [1]),
+    ]
+    assert config["dynamic_batching"] == {
+        "preferred_batch_size": [32],
+        "max_queue_delay_microseconds": 0,
+    }
+    for name, version in (("mnist", "2"), ("fashion", "")):
+        with pytest.raises(InferenceServerException) as refused:
+            client.get_model_config(name, version)
+        assert refused.value.status() == "404"
+
+
 def test_tritonclient_speaks_to_the_v2_api(
     served_model: LiveServer, digits: np.ndarray, expected_digits: list[int]
 ) -> None:
