@@ -193,6 +193,12 @@ def _status(plane: DataPlane, name: str, version: int | None) -> Response:
     )
 
 
+@router.get("/v1/models", summary="List models (KServe V1)")
+async def list_models(request: Request) -> Response:
+    """KServe's V1 protocol lists the served models here; TF Serving has no such route."""
+    return json_response({"models": [plane_of(request).name]})
+
+
 @router.get(
     "/v1/models/{name}", summary="Model status (TF Serving REST)", responses=ERROR_RESPONSES
 )

@@ -140,6 +140,7 @@ def test_tensorflow_serving_status_and_metadata_shapes(served_model: LiveServer)
         assert signature["outputs"]["unsure"]["dtype"] == "DT_BOOL"
         assert client.get("/v1/models/mnist/versions/1").status_code == 200
         assert client.get("/v1/models/mnist/versions/2").status_code == 404
+        assert client.get("/v1/models").json() == {"models": ["mnist"]}  # KServe V1's list
 
 
 def test_tritonclient_reads_the_model_configuration(served_model: LiveServer) -> None:
