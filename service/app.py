@@ -28,6 +28,7 @@ from service.errors import ServingError, error_response, handle_serving_error
 from service.fastlane import FastLane, takes_plain_parameters
 from service.health import router as health_router
 from service.http_protocol import LIMITS_KEY, ConnectionLimits
+from service.logs import write_through
 from service.metrics import UPLOADS_BEHIND, Metrics, ScrapeBudget, multiprocess_directory
 from service.middleware import RequestContextMiddleware, RequestRecord
 from service.overload import INFERENCE_PATH_ENDS, STATE_KEY, Admission, EarlyRefusal, OverloadGuard
@@ -157,6 +158,7 @@ def create_app(settings: Settings | None = None) -> ServingApp:
         try:
             yield {STATE_KEY: early_refusal, LIMITS_KEY: limits}  # for service.http_protocol
         finally:
+            write_through()  # uvicorn may end the process before the next periodic flush
             if grpc is not None:  # its accepted calls finish while the plane still runs
                 await grpc.stop()
             await plane.stop()

@@ -75,6 +75,8 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().__init__(stream)
         self._lines: list[str] = []
         self._characters = 0
+        self.unbuffered = False
+        """Set by `write_through`: every line is written as it comes."""
         _start_flushing(self)
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -90,7 +92,7 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         with self.lock:  # type: ignore[union-attr]
             self._lines.append(line)
             self._characters += len(line)
-            if urgent or self._characters >= BUFFERED_CHARACTERS:
+            if urgent or self.unbuffered or self._characters >= BUFFERED_CHARACTERS:
                 self._write()
 
     def flush(self) -> None:
@@ -170,6 +172,18 @@ def _flush_periodically() -> None:
         time.sleep(FLUSH_SECONDS)
         for handler in list(_flushed):
             handler.flush()
+
+
+def write_through() -> None:
+    """What waits is written now, and every line from now on as it comes: the process is ending.
+
+    Not always through `logging.shutdown`, which would flush: once it has shut down after a
+    SIGTERM, uvicorn raises the signal again under its default handler, which ends the process
+    at once. The lines of the last 0.2 s were lost with the buffer: the access log of requests
+    answered while the server stopped, and uvicorn's own "Application shutdown complete"."""
+    for handler in list(_flushed):
+        handler.unbuffered = True
+        handler.flush()
 
 
 def configure_logging(level: str, log_format: str = "json") -> None:
