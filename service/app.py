@@ -8,7 +8,7 @@ import importlib
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import FastAPI
@@ -74,16 +74,30 @@ class GrpcLifecycle:
     module takes seconds to import (service.grpc_api.server). A server that cannot start (its
     port taken) stops the process, as a taken HTTP port does."""
 
-    def __init__(self, settings: Settings, plane: DataPlane, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        plane: DataPlane,
+        metrics: Metrics,
+        refusing: Callable[[], bool],
+    ) -> None:
         self._server: Any = None
         plane.starting.add("grpc")  # /readyz waits for the gRPC port too
-        self._task = asyncio.create_task(self._start(settings, plane, metrics), name="grpc-start")
+        self._task = asyncio.create_task(
+            self._start(settings, plane, metrics, refusing), name="grpc-start"
+        )
         self._task.add_done_callback(self._failed)
 
-    async def _start(self, settings: Settings, plane: DataPlane, metrics: Metrics) -> None:
+    async def _start(
+        self,
+        settings: Settings,
+        plane: DataPlane,
+        metrics: Metrics,
+        refusing: Callable[[], bool],
+    ) -> None:
         await asyncio.to_thread(import_tensorflow)  # in turn with the model loader's thread
         module = await asyncio.to_thread(importlib.import_module, "service.grpc_api.server")
-        self._server = module.GrpcServer(settings, plane, metrics)
+        self._server = module.GrpcServer(settings, plane, metrics, refusing)
         await self._server.start()
         plane.starting.discard("grpc")
 
@@ -153,7 +167,9 @@ def create_app(settings: Settings | None = None) -> ServingApp:
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         # The model loads in the background: the app starts answering /healthz at once.
         await plane.start()
-        grpc = GrpcLifecycle(settings, plane, metrics) if settings.grpc_port else None
+        grpc = None
+        if settings.grpc_port:
+            grpc = GrpcLifecycle(settings, plane, metrics, lambda: shutdown.refusing)
         shutdown.install()
         try:
             yield {STATE_KEY: early_refusal, LIMITS_KEY: limits}  # for service.http_protocol

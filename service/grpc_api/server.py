@@ -91,8 +91,10 @@ class CallRecorder:
         read_timeout_seconds: float,
         max_calls: int,
         retry_after_seconds: int,
+        refusing: Callable[[], bool],
     ) -> None:
         self.metrics = metrics
+        self.refusing = refusing
         self.keys = [k.encode() for k in [*api_keys, *admin_keys]]
         self.read_timeout = read_timeout_seconds
         self.max_calls = max_calls
@@ -164,8 +166,17 @@ class CallRecorder:
         )
 
     async def _check_room(self, context: grpc.aio.ServicerContext, request_id: str) -> None:
-        """Refuses a call past `MNIST_GRPC_MAX_CONCURRENT_CALLS` in progress: each holds memory
-        until it ends, and one whose message never comes lasts the read timeout."""
+        """Refuses a call past `MNIST_GRPC_MAX_CONCURRENT_CALLS` in progress (each holds memory
+        until it ends, and one whose message never comes lasts the read timeout), and every call
+        once the drain's grace period is over, as HTTP refuses its requests. Left to the
+        server's stop, calls arriving then were cancelled by gRPC unanswered (CANCELLED, no
+        request id): their clients could not tell that they had not run."""
+        if self.refusing():
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                "server is shutting down; retry on another replica",
+                trailing_metadata=(("x-request-id", request_id), ("retry-after", self.retry_after)),
+            )
         if self._calls >= self.max_calls:
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE,
@@ -282,7 +293,13 @@ class UndeliveredAnswers(logging.Filter):
 
 
 class GrpcServer:
-    def __init__(self, settings: Settings, plane: DataPlane, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        plane: DataPlane,
+        metrics: Metrics,
+        refusing: Callable[[], bool],
+    ) -> None:
         self.settings = settings
         self.plane = plane
         message_bytes = settings.grpc_max_message_bytes
@@ -320,6 +337,7 @@ class GrpcServer:
             settings.client_read_timeout_seconds,
             settings.grpc_max_concurrent_calls,
             settings.retry_after_seconds,
+            refusing,
         )
         self.health = ReadinessHealth(plane)
         for add_to_server, servicer in (

@@ -473,9 +473,26 @@ def test_health_follows_readiness_and_shutdown(
     wait_for(status.NOT_SERVING)  # alive, no model
     copy_version(trained_repository, repository)
     wait_for(status.SERVING)
+    infer = stub(f"127.0.0.1:{port}").ModelInfer
+    request = raw_request(np.zeros((1, 784), np.uint8), "UINT8")
     server.process.send_signal(signal.SIGTERM)
     wait_for(status.NOT_SERVING)  # unready at once, still answering during the grace period
     assert httpx.get(server.url + "/healthz").status_code == 200
+    assert infer(request).model_name == "mnist"
+    # After the grace period a call is refused as HTTP refuses a request, until the server
+    # stops: left to gRPC's stop, calls arriving then were cancelled unanswered (CANCELLED).
+    while True:
+        try:
+            infer(request, timeout=5)
+        except grpc.RpcError as error:
+            refused = error
+            break
+        time.sleep(0.02)
+    assert refused.code() == grpc.StatusCode.UNAVAILABLE, refused.details()
+    assert "shutting down" in refused.details()
+    trailing = dict(refused.trailing_metadata() or ())
+    assert trailing["retry-after"] == "1"
+    assert trailing["x-request-id"]
     server.process.wait(30)
 
 
