@@ -38,7 +38,6 @@ from service.protocols.v2 import (
 from service.runtime import INPUT_NAME
 from service.settings import Settings
 
-# Which InferTensorContents field holds each datatype.
 # Each datatype's typed contents field, with the type that field carries on the wire.
 CONTENTS_FIELD: dict[str, tuple[str, type[np.generic]]] = {
     "UINT8": ("uint_contents", np.uint32),

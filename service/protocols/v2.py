@@ -132,6 +132,8 @@ DATATYPES: dict[str, np.dtype[Any]] = {
     "FP64": np.dtype("<f8"),
 }
 ACCEPTED_SHAPES = "[N, 28, 28, 1], [N, 28, 28] or [N, 784]"
+EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration"]
+PIXEL_BLOCKS = frozenset({("inputs", "*", "data")})
 
 
 def check_datatype(values: npt.NDArray[Any], datatype: str, where: str) -> None:
@@ -155,10 +157,6 @@ def check_datatype(values: npt.NDArray[Any], datatype: str, where: str) -> None:
             f"{shown_number(values[index])}, which {datatype} cannot hold (integers "
             f"{limits.min} to {limits.max})"
         )
-
-
-EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration"]
-PIXEL_BLOCKS = frozenset({("inputs", "*", "data")})
 
 
 @health_router.get("/v2", summary="Server metadata (V2)")
