@@ -68,7 +68,9 @@ PredictFn = Callable[[Array], Array]
 class BatchObserver(Protocol):
     """What the batcher reports; the app plugs Prometheus metrics in, tests plug a recorder."""
 
-    def batch_done(self, size: int, seconds: float) -> None: ...
+    def batch_done(self, size: int, requests: int, seconds: float) -> None:
+        """A model call of `size` images from `requests` requests took `seconds`."""
+
     def queue_wait(self, seconds: float) -> None: ...
     def queue_depth(self, images: int) -> None: ...
     def accepted(self) -> None: ...
@@ -98,7 +100,7 @@ class BatchTracer(Protocol):
 
 
 class NullObserver:
-    def batch_done(self, size: int, seconds: float) -> None:
+    def batch_done(self, size: int, requests: int, seconds: float) -> None:
         pass
 
     def queue_wait(self, seconds: float) -> None:
@@ -466,7 +468,7 @@ class DynamicBatcher:
             cycle = ended - self._busy_until if self._busy_until else seconds
             self._learn(len(inputs), max(seconds, cycle))
             self._busy_until = ended if self._queued_images else 0.0
-            self._observer.batch_done(len(inputs), seconds)
+            self._observer.batch_done(len(inputs), len(slices), seconds)
             self._deliver(slices, outputs)
             self._traced(slices, len(inputs), started, None)
         finally:

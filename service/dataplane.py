@@ -42,6 +42,7 @@ from service.runtime import (
     warm_up,
 )
 from service.settings import Settings
+from service.statistics import VersionStatistics
 from service.tracing import Tracing
 from service.workers import WorkerRegistry
 
@@ -71,6 +72,7 @@ class ServedVersion:
     batcher: DynamicBatcher
     in_flight: Any
     """This version's in-flight gauge, looked up once rather than on every request."""
+    statistics: VersionStatistics
 
     @property
     def version(self) -> int:
@@ -259,6 +261,7 @@ class DataPlane:
             served = self.resolve(name, version, label)
             gauge = served.in_flight
             gauge.inc()
+            started = time.monotonic()
             try:
                 probabilities = await served.batcher.submit(images, budget, abandoned)
             except VersionUnloading:
@@ -266,8 +269,12 @@ class DataPlane:
                 if attempt:
                     raise
                 continue
+            except BaseException:
+                served.statistics.request_done(False, time.monotonic() - started)
+                raise
             finally:
                 gauge.dec()
+            served.statistics.request_done(True, time.monotonic() - started)
             self._count_predictions(served.version, probabilities)
             model = served.model
             return Inference(
@@ -421,10 +428,12 @@ class DataPlane:
         self._failed.pop(version, None)
         self.status[version] = VersionStatus(version, ModelState.AVAILABLE)
         self.metrics.reloads.labels("success").inc()
+        statistics = VersionStatistics(version)
         served = ServedVersion(
             model,
-            self._make_batcher(model),
+            self._make_batcher(model, statistics),
             self.metrics.in_flight.labels(self.name, str(version)),
+            statistics,
         )
         served.batcher.start()
         log.info(
@@ -477,7 +486,7 @@ class DataPlane:
             if target == version:
                 log.warning("label '%s' points at unloaded version %d", label, version)
 
-    def _make_batcher(self, model: LoadedModel) -> DynamicBatcher:
+    def _make_batcher(self, model: LoadedModel, statistics: VersionStatistics) -> DynamicBatcher:
         settings = self.settings
         return DynamicBatcher(
             model.predict,
@@ -486,7 +495,7 @@ class DataPlane:
             max_queue_images=settings.max_queue_images,
             merge=settings.batching,
             retry_after_seconds=settings.retry_after_seconds,
-            observer=BatcherMetrics(self.metrics, self.name, model.version),
+            observer=BatcherMetrics(self.metrics, self.name, model.version, statistics),
             cost=CostModel(model.call_seconds),
             max_queue_delay=settings.max_queue_delay_ms / 1000,
             tracer=self.tracing,

@@ -23,6 +23,7 @@ from prometheus_client import (
 )
 
 from service.connections import SHED_REASONS
+from service.statistics import VersionStatistics
 
 LATENCY_BUCKETS = (
     0.0005,
@@ -297,16 +298,21 @@ class ScrapeBudget:
 class BatcherMetrics:
     """Adapts `Metrics` to the batcher's observer protocol, for one model version."""
 
-    def __init__(self, metrics: Metrics, model: str, version: int) -> None:
+    def __init__(
+        self, metrics: Metrics, model: str, version: int, statistics: VersionStatistics
+    ) -> None:
         self._m = metrics
         self._queue_depth = metrics.queue_depth.labels(model, str(version))
+        self._statistics = statistics
 
-    def batch_done(self, size: int, seconds: float) -> None:
+    def batch_done(self, size: int, requests: int, seconds: float) -> None:
         self._m.batch_size.observe(size)
         self._m.inference_duration.observe(seconds)
+        self._statistics.computed(size, requests, seconds)
 
     def queue_wait(self, seconds: float) -> None:
         self._m.queue_wait.observe(seconds)
+        self._statistics.queued(seconds)
 
     def queue_depth(self, images: int) -> None:
         self._queue_depth.set(images)

@@ -32,6 +32,7 @@ from service.protocols.v2 import (
     check_datatype,
     check_output_name,
     model_config,
+    model_statistics,
     output_tensor,
     raw_contents,
 )
@@ -177,6 +178,15 @@ class InferenceService(inference_grpc.GRPCInferenceServiceServicer):  # type: ig
             model_config(self.plane, self.settings), inference.ModelConfig()
         )
         return inference.ModelConfigResponse(config=config)
+
+    @abort_with
+    async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        """An empty name asks for every model's, as Triton reads it."""
+        stats = model_statistics(self.plane, request.name or None, version_of(request.version))
+        response = inference.ModelStatisticsResponse()
+        for entry in stats:
+            json_format.ParseDict(entry, response.model_stats.add())
+        return response
 
     @abort_with
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802

@@ -132,7 +132,7 @@ DATATYPES: dict[str, np.dtype[Any]] = {
     "FP64": np.dtype("<f8"),
 }
 ACCEPTED_SHAPES = "[N, 28, 28, 1], [N, 28, 28] or [N, 784]"
-EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration"]
+EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "statistics"]
 PIXEL_BLOCKS = frozenset({("inputs", "*", "data")})
 
 
@@ -240,6 +240,39 @@ def _model_config(request: Request, name: str, version: str | None) -> Response:
     plane = plane_of(request)
     plane.resolve(name, _check_model(plane, name, version))
     return json_response(model_config(plane, settings_of(request)))
+
+
+def model_statistics(plane: DataPlane, name: str | None, version: int | None) -> list[Any]:
+    """Triton's `model_stats`: every served version's, or the resolved one's when a version is
+    named (no model name: every model's, as `/v2/models/stats` asks)."""
+    if name is not None:
+        _check_model(plane, name, None)
+        if version is not None:
+            return [plane.resolve(name, version).statistics.as_dict(plane.name)]
+    served = plane.served
+    return [served[v].statistics.as_dict(plane.name) for v in sorted(served)]
+
+
+@router.get("/v2/models/stats", summary="Statistics of every model (Triton)")
+async def all_statistics(request: Request) -> Response:
+    return json_response({"model_stats": model_statistics(plane_of(request), None, None)})
+
+
+@router.get(
+    "/v2/models/{name}/stats", summary="Model statistics (Triton)", responses=ERROR_RESPONSES
+)
+async def statistics(request: Request, name: str) -> Response:
+    return json_response({"model_stats": model_statistics(plane_of(request), name, None)})
+
+
+@router.get(
+    "/v2/models/{name}/versions/{version}/stats",
+    summary="Model version statistics (Triton)",
+    responses=ERROR_RESPONSES,
+)
+async def version_statistics(request: Request, name: str, version: str) -> Response:
+    stats = model_statistics(plane_of(request), name, parse_version(version))
+    return json_response({"model_stats": stats})
 
 
 @router.get(

@@ -49,6 +49,7 @@ METHODS = [
     "/tensorflow.serving.ModelService/GetModelStatus",
     "/grpc.health.v1.Health/Check",
     "/inference.GRPCInferenceService/ModelConfig",
+    "/inference.GRPCInferenceService/ModelStatistics",
 ]
 
 

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -134,6 +135,42 @@ def test_tritonclient_grpc_reads_the_model_configuration(
     assert list(config.dynamic_batching.preferred_batch_size) == [32]
     with pytest.raises(InferenceServerException) as refused:
         client.get_model_config("mnist", "2")
+    assert "version 2" in str(refused.value)
+    client.close()
+
+
+def test_tritonclient_grpc_reads_the_statistics(
+    grpc_server: tuple[LiveServer, str], digits: np.ndarray
+) -> None:
+    """The same statistics as over REST, in Triton's messages (read as a difference: the
+    server is shared)."""
+    server, target = grpc_server
+    client = triton.InferenceServerClient(target)
+    assert "statistics" in client.get_server_metadata().extensions
+
+    def stats() -> Any:
+        (entry,) = client.get_inference_statistics("mnist").model_stats
+        assert list(client.get_inference_statistics("").model_stats) == [entry]
+        return entry
+
+    before = stats()
+    images = digits[:2, ..., None].astype(np.float32)
+    tensor = triton.InferInput("image", list(images.shape), "FP32")
+    tensor.set_data_from_numpy(images)
+    for _ in range(3):
+        client.infer("mnist", [tensor])
+    after = stats()
+    assert (after.name, after.version) == ("mnist", "1")
+    assert after.inference_count - before.inference_count == 6
+    done, was = after.inference_stats, before.inference_stats
+    assert done.success.count - was.success.count == 3
+    assert done.queue.count - was.queue.count == 3
+    assert done.compute_infer.ns > was.compute_infer.ns
+    with server.client() as http:
+        rest = http.get("/v2/models/mnist/stats").json()["model_stats"][0]
+    assert rest["inference_count"] == after.inference_count
+    with pytest.raises(InferenceServerException) as refused:
+        client.get_inference_statistics("mnist", "2")
     assert "version 2" in str(refused.value)
     client.close()
 

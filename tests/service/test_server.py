@@ -8,8 +8,10 @@ import http.client
 import json
 import os
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -170,6 +172,53 @@ def test_tritonclient_reads_the_model_configuration(served_model: LiveServer) ->
     for name, version in (("mnist", "2"), ("fashion", "")):
         with pytest.raises(InferenceServerException) as refused:
             client.get_model_config(name, version)
+        assert refused.value.status() == "404"
+
+
+def test_tritonclient_reads_the_statistics_of_what_it_sent(
+    served_model: LiveServer, digits: np.ndarray
+) -> None:
+    """Triton's statistics extension, which perf_analyzer reads around every measurement (and
+    stops without): the requests, images and model calls of the server's version, in Triton's
+    shape. The served model is shared, so what this test sent is read as a difference."""
+    import tritonclient.http as triton
+    from tritonclient.utils import InferenceServerException
+
+    client = triton.InferenceServerClient(url=served_model.url.removeprefix("http://"))
+    assert "statistics" in client.get_server_metadata()["extensions"]
+
+    def stats() -> dict[str, Any]:
+        (entry,) = client.get_inference_statistics("mnist")["model_stats"]
+        assert client.get_inference_statistics("mnist", "1")["model_stats"] == [entry]
+        return entry
+
+    before = stats()
+    images = digits[:3, ..., None].astype(np.float32)
+    tensor = triton.InferInput("image", list(images.shape), "FP32")
+    tensor.set_data_from_numpy(images)
+    for _ in range(4):
+        client.infer("mnist", [tensor])
+    after = stats()
+    assert (after["name"], after["version"]) == ("mnist", "1")
+    assert after["inference_count"] - before["inference_count"] == 12
+    assert 1 <= after["execution_count"] - before["execution_count"] <= 4
+    done, was = after["inference_stats"], before["inference_stats"]
+    for phase in ("success", "queue", "compute_infer"):
+        assert done[phase]["count"] - was[phase]["count"] == 4, phase
+        assert done[phase]["ns"] > was[phase]["ns"], phase
+    assert done["fail"] == was["fail"]
+    assert done["success"]["ns"] - was["success"]["ns"] >= (
+        done["compute_infer"]["ns"] - was["compute_infer"]["ns"]
+    )
+    assert after["last_inference"] >= before["last_inference"]
+    assert abs(after["last_inference"] / 1000 - time.time()) < 60
+    calls = sum(b["compute_infer"]["count"] for b in after["batch_stats"])
+    assert calls == after["execution_count"]
+    everything = httpx.get(served_model.url + "/v2/models/stats").json()["model_stats"]
+    assert [e["version"] for e in everything] == ["1"]
+    for name, version in (("mnist", "2"), ("fashion", "")):
+        with pytest.raises(InferenceServerException) as refused:
+            client.get_inference_statistics(name, version)
         assert refused.value.status() == "404"
 
 
