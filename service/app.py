@@ -83,21 +83,14 @@ class GrpcLifecycle:
     ) -> None:
         self._server: Any = None
         plane.starting.add("grpc")  # /readyz waits for the gRPC port too
-        self._task = asyncio.create_task(
-            self._start(settings, plane, metrics, refusing), name="grpc-start"
-        )
+        server_args = (settings, plane, metrics, refusing)
+        self._task = asyncio.create_task(self._start(plane, server_args), name="grpc-start")
         self._task.add_done_callback(self._failed)
 
-    async def _start(
-        self,
-        settings: Settings,
-        plane: DataPlane,
-        metrics: Metrics,
-        refusing: Callable[[], bool],
-    ) -> None:
+    async def _start(self, plane: DataPlane, server_args: tuple[Any, ...]) -> None:
         await asyncio.to_thread(import_tensorflow)  # in turn with the model loader's thread
         module = await asyncio.to_thread(importlib.import_module, "service.grpc_api.server")
-        self._server = module.GrpcServer(settings, plane, metrics, refusing)
+        self._server = module.GrpcServer(*server_args)
         await self._server.start()
         plane.starting.discard("grpc")
 
