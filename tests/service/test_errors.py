@@ -300,6 +300,8 @@ VERSION_ROUTES = [
     ("GET", "/v2/models/mnist/versions/{v}"),
     ("GET", "/v2/models/mnist/versions/{v}/ready"),
     ("POST", "/v2/models/mnist/versions/{v}/infer"),
+    ("GET", "/v2/models/mnist/versions/{v}/config"),
+    ("GET", "/v2/models/mnist/versions/{v}/stats"),
 ]
 
 
