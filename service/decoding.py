@@ -35,9 +35,23 @@ def parse_json(body: bytes, blocks: frozenset[Path] = frozenset()) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         try:
-            return json.loads(body)
+            return json.loads(body, parse_float=_finite, parse_int=_integer)
         except (ValueError, RecursionError):
             raise MalformedRequest(f"request body is not valid JSON: {exc}") from None
+
+
+def _finite(text: str) -> float:
+    """A number literal beyond a double (1e400) is valid JSON that no value here can be; the
+    standard library would make it an infinity the client never wrote."""
+    value = float(text)
+    if math.isinf(value):
+        raise InvalidInput(f"the number {text[:40]} is too large for any value here")
+    return value
+
+
+def _integer(text: str) -> int | float:
+    """Integers past 64 bits (which orjson refuses) as numbers numpy can hold, or refused."""
+    return int(text) if len(text) <= 18 else _finite(text)
 
 
 def may_hold_booleans(body: bytes) -> bool:

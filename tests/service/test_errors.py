@@ -100,6 +100,16 @@ CASES = [
             ("more-than-float32-holds", 1e39, "has value 1e+39 at row 3"),
         )
     ],
+    # Valid JSON, beyond a double or 64 bits: called an infinity, or "numbers only" (an object
+    # array), before.
+    *[
+        (f"beyond-a-{kind}", "/v1/predict", literal, JSON, 422, "is too large for any value")
+        for kind, literal in (
+            ("double", b'{"instances": [[' + b"0," * 783 + b"1e400]]}"),
+            ("negative-double", b'{"instances": [[' + b"0," * 783 + b"-1e400]]}"),
+            ("long-integer", b'{"instances": [[' + b"0," * 783 + b"1" + b"0" * 400 + b"]]}"),
+        )
+    ],
     (
         "wrong-content-type",
         "/v1/predict",
@@ -178,6 +188,14 @@ CASES = [
     ("v2-bad-shape", "/v2/models/mnist/infer", v2(FLAT, shape=(1, 784, 1)), JSON, 400, "shape"),
     ("v2-out-of-range", "/v2/models/mnist/infer", v2([300] * 784), JSON, 400, "0-255"),
     ("v2-out-of-range-fp64", "/v2/models/mnist/infer", v2([1e308] * 784), JSON, 400, "1e+308"),
+    (
+        "v2-beyond-a-double",
+        "/v2/models/mnist/infer",
+        v2(FLAT).removesuffix(b"0]}]}") + b"1e400]}]}",
+        JSON,
+        400,
+        "the number 1e400 is too large",
+    ),
     # The declared datatype is part of the request: Triton refuses a fraction for an integer type,
     # and an INT8 cannot be 200 (sent as binary, it would be -56).
     *[
