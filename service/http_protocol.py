@@ -509,40 +509,40 @@ class EarlyRefusalProtocol(HttpToolsProtocol):
 
     def _malformed_head(self) -> MalformedRequest | None:
         """What llhttp parses but HTTP/1 forbids (RFC 9112 section 3.2, RFC 9110 section 7.2):
-        a 1.1 request without Host, any request with two (a proxy in front may have routed by
-        the other) or with one that is not a host and port; two of a field that takes one value
-        (`_SINGLETONS`); and a version that is not HTTP/1 (HTTP/2 has no request line: uvicorn
-        answered `HTTP/2.0` as if it were 1.1)."""
+        a 1.1 request without Host or with one that is not a host and port; two of a field that
+        takes one value, Host among them (`_SINGLETONS`); and a version that is not HTTP/1
+        (HTTP/2 has no request line: uvicorn answered `HTTP/2.0` as if it were 1.1)."""
         version = self.parser.get_http_version()
         if version not in ("1.0", "1.1"):
             return MalformedRequest(
                 f"HTTP/{version} is not served on this port: send HTTP/1.1 (HTTP/2 is gRPC's,"
                 " on the gRPC port)"
             )
-        hosts = [value for name, value in self.headers if name == b"host"]
-        if len(hosts) > 1:
-            return MalformedRequest("the request has more than one Host header")
+        host = None
         seen: set[bytes] = set()
-        for name, _ in self.headers:
+        for name, value in self.headers:
             if name in _SINGLETONS:
                 if name in seen:
                     return MalformedRequest(
                         f"the request has more than one {_SINGLETONS[name]} header"
                     )
                 seen.add(name)
-        if not hosts and version == "1.1":
+                if name == b"host":
+                    host = value
+        if host is None and version == "1.1":
             return MalformedRequest("an HTTP/1.1 request needs a Host header")
-        if hosts and _HOST.fullmatch(hosts[0]) is None:
+        if host is not None and _HOST.fullmatch(host) is None:
             return MalformedRequest("the Host header is not a host name or address and a port")
         return None
 
 
 _SINGLETONS = {
     name.lower().encode(): name
-    for name in ("Content-Type", "X-Request-Timeout-Ms", "Inference-Header-Content-Length")
+    for name in ("Host", "Content-Type", "X-Request-Timeout-Ms", "Inference-Header-Content-Length")
 }
-"""Fields that say how the body is read or how long it may take, of which one value is
-allowed: the app read the first, and a proxy in front may have read the other."""
+"""Fields of which one value is allowed, because they say where the request goes, how its body
+is read or how long it may take: the app read the first, and a proxy in front may have read
+(or routed by) the other."""
 
 _HOST = re.compile(
     rb"(?:\[[0-9A-Za-z:.\-_~!$&'()*+,;=%]+\]|[0-9A-Za-z.\-_~!$&'()*+,;=%]*)(?::[0-9]*)?"
