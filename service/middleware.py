@@ -75,26 +75,25 @@ class RequestContextMiddleware:
                 body_read = True
             return message
 
-        recorded = False
+        recorded: str | None = None  # the route's template, once the request is recorded
 
-        def record() -> None:
+        def record() -> str:
             nonlocal recorded
-            if recorded:
-                return
-            recorded = True
-            elapsed = time.perf_counter() - started
-            trace_id = None if tracing is None else tracing.trace_id(span)
-            template = _route_template(scope)
-            self.record(
-                request_id,
-                scope["method"],
-                template,
-                scope["path"],
-                status,
-                elapsed,
-                state,
-                trace_id,
-            )
+            if recorded is None:
+                elapsed = time.perf_counter() - started
+                trace_id = None if tracing is None else tracing.trace_id(span)
+                recorded = _route_template(scope)
+                self.record(
+                    request_id,
+                    scope["method"],
+                    recorded,
+                    scope["path"],
+                    status,
+                    elapsed,
+                    state,
+                    trace_id,
+                )
+            return recorded
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, response_started
@@ -141,10 +140,9 @@ class RequestContextMiddleware:
                     ServingError("internal server error"), scope, receive, send_with_id
                 )
         finally:
+            template = record()
             if tracing is not None:
-                template = _route_template(scope)
                 tracing.end_request(span, token, scope["method"], template, status, state)
-            record()
 
 
 class RequestRecord:
