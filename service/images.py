@@ -20,6 +20,7 @@ from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 from scipy import ndimage
 
 from service.errors import InvalidInput, PayloadTooLarge, ServingError, UnsupportedMediaType
+from service.paper import on_the_sheet, without_rules, without_specks
 
 log = logging.getLogger("service.images")
 
@@ -236,7 +237,8 @@ def otsu_threshold(values: npt.NDArray[np.float32]) -> float:
 
 
 def preprocess(image: Image.Image, name: str = "image") -> PreparedImage:
-    ink = ink_map(to_grayscale(image))
+    gray = to_grayscale(image)
+    ink = ink_map(on_the_sheet(gray, otsu_threshold(gray)))
     # The strongest 3x3 neighbourhood: a thin stroke counts, a lone noisy pixel does not.
     smoothed = Image.fromarray(np.clip(ink, 0, 255).astype(np.uint8), mode="L").filter(
         ImageFilter.BoxBlur(1)
@@ -248,7 +250,7 @@ def preprocess(image: Image.Image, name: str = "image") -> PreparedImage:
     connected = mask & ~_isolated(mask)
     if connected.any():
         mask = connected  # lone noisy pixels do not stretch the bounding box
-    mask = without_frames(mask)
+    mask = without_frames(without_specks(without_rules(mask, ink)))
     # The box also takes the faint anti-aliased edge touching the strokes, as MNIST's did.
     edge = (ink >= threshold / 4) & _dilate(_dilate(mask))
     rows, cols = np.flatnonzero(edge.any(axis=1)), np.flatnonzero(edge.any(axis=0))
