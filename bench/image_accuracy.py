@@ -2,9 +2,11 @@
 them, next to the accuracy on the raw test set, on a real server over HTTP.
 
 Each digit becomes dark ink on white paper, enlarged onto a canvas of random size (64 to 512
-pixels a side, not always square), off-centre; a fifth each are saved as grayscale PNG, RGB PNG,
-RGBA PNG with a transparent background, JPEG (quality 60-95), and a "photo": grey pen on dim paper
-lit unevenly from a random side, with sensor noise, as a JPEG.
+pixels a side, not always square), off-centre; an eighth each are saved as grayscale PNG, RGB PNG,
+RGBA PNG with a transparent background, JPEG (quality 60-95), a "photo": grey pen on dim paper
+lit unevenly from a random side, with sensor noise, as a JPEG; and three notebook photos, each a
+JPEG turned up to 6 degrees either way: a ruled page (blue rules the digit crosses, a red
+margin), a squared page (a grey-blue grid), and a sheet lying on a darker desk.
 
     python bench/image_accuracy.py --model-repository models [--limit 10000]
 """
@@ -19,13 +21,14 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.harness import arguments, served
 from training.data import load_mnist
 
-KINDS = ("png-gray", "png-rgb", "png-rgba", "jpeg", "photo")
+KINDS = ("png-gray", "png-rgb", "png-rgba", "jpeg", "photo", "ruled", "squared", "desk")
+PAGE = (236, 236, 228)
 
 
 def render(digit: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[bytes, str]:
@@ -34,6 +37,11 @@ def render(digit: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[byte
     ink = Image.fromarray(digit).resize((side, side), Image.Resampling.BILINEAR)
     left, top = int(rng.integers(0, width - side + 1)), int(rng.integers(0, height - side + 1))
     buffer = io.BytesIO()
+    if kind in ("ruled", "squared", "desk"):
+        notebook(ink, kind, (width, height), (left, top), rng).save(
+            buffer, "JPEG", quality=int(rng.integers(70, 96))
+        )
+        return buffer.getvalue(), "image/jpeg"
     if kind == "photo":
         photo(np.asarray(ink), (width, height), (left, top), rng).save(
             buffer, "JPEG", quality=int(rng.integers(60, 91))
@@ -74,6 +82,49 @@ def photo(
     return Image.fromarray(np.clip(picture, 0, 255).astype(np.uint8)).convert("RGB")
 
 
+def notebook(
+    ink: Image.Image,
+    kind: str,
+    size: tuple[int, int],
+    place: tuple[int, int],
+    rng: np.random.Generator,
+) -> Image.Image:
+    """A blue or black pen on a page: ruled, squared, or a plain sheet on a desk."""
+    width, height = size
+    page = Image.new("RGB", size, PAGE)
+    draw = ImageDraw.Draw(page)
+    if kind == "ruled":  # a digit within a line or two, as in a school notebook
+        gap = max(8, int(ink.height * rng.uniform(0.5, 1.1)))
+        for y in range(int(rng.integers(0, gap)), height, gap):
+            draw.line([(0, y), (width, y)], fill=(130, 160, 215), width=int(rng.integers(1, 3)))
+        margin = int(rng.integers(0, max(1, width // 4)))
+        draw.line([(margin, 0), (margin, height)], fill=(215, 90, 90), width=2)
+    elif kind == "squared":
+        gap = max(6, int(ink.height * rng.uniform(0.4, 0.9)))
+        for y in range(int(rng.integers(0, gap)), height, gap):
+            draw.line([(0, y), (width, y)], fill=(120, 140, 175), width=1)
+        for x in range(int(rng.integers(0, gap)), width, gap):
+            draw.line([(x, 0), (x, height)], fill=(120, 140, 175), width=1)
+    pen = (25, 40, 140) if rng.random() < 0.5 else (25, 25, 30)
+    page.paste(Image.new("RGB", ink.size, pen), place, ink)
+    tilt = float(rng.uniform(-6, 6))
+    if kind != "desk":
+        return page.rotate(tilt, resample=Image.Resampling.BILINEAR, fillcolor=PAGE)
+    desk_colour = tuple(int(c) for c in rng.integers(40, 120, size=3))
+    sheet = page.rotate(
+        tilt, resample=Image.Resampling.BILINEAR, expand=True, fillcolor=desk_colour
+    )
+    desk = Image.new("RGB", (int(sheet.width * 1.3), int(sheet.height * 1.3)), desk_colour)
+    desk.paste(
+        sheet,
+        (
+            int(rng.integers(0, desk.width - sheet.width + 1)),
+            int(rng.integers(0, desk.height - sheet.height + 1)),
+        ),
+    )
+    return desk
+
+
 def main() -> None:
     parser = arguments(__doc__)
     parser.add_argument("--limit", type=int, default=10_000)
@@ -105,6 +156,9 @@ def main() -> None:
             ]
             with httpx.Client(base_url=url, timeout=120) as client:
                 answer = client.post("/v1/predict/image", files=files)
+                while answer.status_code == 503:  # the preparation queue is full: as told
+                    time.sleep(float(answer.headers.get("retry-after", 1)))
+                    answer = client.post("/v1/predict/image", files=files)
                 answer.raise_for_status()
                 return [p["digit"] for p in answer.json()["predictions"]]
 
