@@ -20,7 +20,7 @@ from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 from scipy import ndimage
 
 from service.errors import InvalidInput, PayloadTooLarge, ServingError, UnsupportedMediaType
-from service.paper import on_the_sheet, without_rules, without_specks
+from service.paper import on_the_sheet, without_rules, without_shadows, without_specks
 
 log = logging.getLogger("service.images")
 
@@ -44,6 +44,9 @@ LUMINANCE = np.array([0.299, 0.587, 0.114])
 """ITU-R 601-2, as Pillow's conversion to grey weighs red, green and blue."""
 WHITE = (255, 255, 255, 255)
 BLACK = (0, 0, 0, 255)
+POLARITY_MARGIN = 0.67
+"""The ink is the extreme further from the border's tone, unless the nearer one is at least this
+share as far: then the rarer extreme."""
 PAPER_SAMPLES = 64
 PAPER_DEGREE = 2
 _EXPONENTS = [(i, j) for i in range(PAPER_DEGREE + 1) for j in range(PAPER_DEGREE + 1 - i)]
@@ -160,11 +163,13 @@ def ink_map(gray: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     """Ink as light-on-dark, with the (possibly uneven) paper subtracted.
 
     The paper's brightness is read from the image border, and the ink is whichever extreme lies
-    further from it: dark ink on paper is inverted. (A fixed "border above 127" rule fails on a
-    dim photo of white paper, whose border is grey.) Uneven lighting is removed by subtracting a
-    smooth surface fitted to the paper alone (see `paper_surface`), so the inside of a thick
-    stroke is never mistaken for background, as it is by a morphological opening narrower than
-    the stroke.
+    further from it (or, when both lie about as far, the rarer one: a shadow over most of the
+    border, the lit paper and the pen either side of it): dark ink on paper is inverted. (A
+    fixed "border above 127" rule fails on a dim photo of white paper, whose border is grey.)
+    Uneven lighting is removed by subtracting a smooth surface fitted to the paper alone (see
+    `paper_surface`), so the inside of a thick stroke is never mistaken for background, as it is
+    by a morphological opening narrower than the stroke. (A shadow's sharp edge is not smooth:
+    `without_shadows` takes it out after.)
     """
     paper = float(np.median(np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])))
     # Extremes of a 3x3 mean: a stroke keeps its value there, a single noisy pixel does not.
@@ -172,7 +177,15 @@ def ink_map(gray: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         Image.fromarray(gray.astype(np.uint8), mode="L").filter(ImageFilter.BoxBlur(1)),
         dtype=np.float32,
     )
-    dark_ink = paper - float(blurred.min()) > float(blurred.max()) - paper
+    darker, lighter = paper - float(blurred.min()), float(blurred.max()) - paper
+    if min(darker, lighter) > POLARITY_MARGIN * max(darker, lighter):
+        # Both extremes as far from the border: a shadow on the border, lit paper and a dark
+        # pen on either side of it. The ink is the extreme that covers less of the picture.
+        dark_share = float((blurred < paper - darker / 2).mean())
+        light_share = float((blurred > paper + lighter / 2).mean())
+        dark_ink = dark_share < light_share
+    else:
+        dark_ink = darker > lighter
     ink = 255.0 - gray if dark_ink else gray.copy()
     corrected: npt.NDArray[np.float32] = np.clip(ink - paper_surface(ink), 0, None)
     return corrected
@@ -238,7 +251,7 @@ def otsu_threshold(values: npt.NDArray[np.float32]) -> float:
 
 def preprocess(image: Image.Image, name: str = "image") -> PreparedImage:
     gray = to_grayscale(image)
-    ink = ink_map(on_the_sheet(gray, otsu_threshold(gray)))
+    ink = without_shadows(ink_map(on_the_sheet(gray, otsu_threshold(gray))))
     # The strongest 3x3 neighbourhood: a thin stroke counts, a lone noisy pixel does not.
     smoothed = Image.fromarray(np.clip(ink, 0, 255).astype(np.uint8), mode="L").filter(
         ImageFilter.BoxBlur(1)
