@@ -45,6 +45,7 @@ SHADOW_DEPTH = 0.03
 """...and somewhere deeper than a stroke's width and this share of the picture's side from its
 edge: a plateau, not a line."""
 SHADOW_BINS = 64
+SHADOW_SIDE = 128
 SHADOW_WINDOW = 3
 """The opening that takes a shadow out is this many times the pen's stroke width."""
 
@@ -125,26 +126,32 @@ def without_shadows(ink: Ink) -> Ink:
     a grey opening three strokes wide keeps the plateau and its edge and loses the strokes.
     """
     lower, upper = _two_thresholds(ink)
-    middling = (ink >= lower) & (ink < upper)
-    labels, count = ndimage.label(middling)
-    if count == 0:
-        return ink
+    # Looked for at about 128 pixels a side: a shadow is broad, and a rule or a stroke's soft
+    # edge, a pixel or two wide, mostly vanishes there.
+    factor = max(1, max(ink.shape) // SHADOW_SIDE)
+    coarse = _block_means((ink >= lower) & (ink < upper), factor) >= 0.5
+    labels, count = ndimage.label(coarse)
     sizes = np.bincount(labels.ravel(), minlength=count + 1)
     border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    border = border[(border > 0) & (sizes[border] >= SHADOW_AREA * ink.size)]
+    border = border[(border > 0) & (sizes[border] >= SHADOW_AREA * coarse.size)]
     if not border.size:
         return ink
     stroke = _stroke_width(ink >= upper)
-    depth = np.asarray(ndimage.maximum(ndimage.distance_transform_edt(middling), labels, border))
-    # Far broader than the pen's strokes: not the rules of a page, not the soft edge of a stroke.
-    shadows = border[(depth > stroke) & (depth > SHADOW_DEPTH * min(ink.shape))]
+    depth = ndimage.distance_transform_edt(np.isin(labels, border)) * factor
+    # Far broader than the pen's strokes: a plateau, not a line.
+    deep = labels[depth > max(stroke, SHADOW_DEPTH * min(ink.shape))]
+    shadows = np.intersect1d(border, deep)
     if not shadows.size:
         return ink
     window = max(5, round(SHADOW_WINDOW * stroke))
     lifted: Ink = np.clip(ink - ndimage.grey_opening(ink, size=(window, window)), 0, None)
     # Where the shadow narrows to a point at the border the opening's window does not fit, and
-    # a sliver of it was left as ink: the shadow's own pixels are paper wherever they are.
-    shadow = ndimage.binary_dilation(np.isin(labels, shadows), iterations=2) & (ink < upper)
+    # a sliver of it was left as ink: the shadow's own paler pixels are paper wherever they are.
+    region = ndimage.binary_dilation(np.isin(labels, shadows))
+    full = np.repeat(np.repeat(region, factor, axis=0), factor, axis=1)
+    shadow = np.zeros(ink.shape, dtype=bool)
+    shadow[: full.shape[0], : full.shape[1]] = full[: ink.shape[0], : ink.shape[1]]
+    shadow &= ink < upper
     lifted[shadow] = 0
     return lifted
 
@@ -328,6 +335,15 @@ def _counting(lengths: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
     return counted
 
 
+def _block_means(mask: Mask, factor: int) -> npt.NDArray[np.float64]:
+    """The share of each `factor` x `factor` block that is set (the edges beyond whole blocks
+    left out)."""
+    height, width = (mask.shape[0] // factor) * factor, (mask.shape[1] // factor) * factor
+    blocks = mask[:height, :width].reshape(height // factor, factor, width // factor, factor)
+    means: npt.NDArray[np.float64] = blocks.sum(axis=(1, 3), dtype=np.int32) / factor**2
+    return means
+
+
 def _stroke_width(mask: Mask) -> float:
     """About how wide the strokes are: twice the typical distance from a stroke's middle to its
     edge (the 90th percentile of the distance transform inside the ink)."""
@@ -367,9 +383,10 @@ def _smallest_rectangle(region: Mask) -> float:
 def _two_thresholds(ink: Ink) -> tuple[float, float]:
     """Otsu's criterion for three classes: the two thresholds that make the classes' means
     furthest apart (the largest between-class variance), over a coarse histogram."""
-    histogram, edges = np.histogram(ink, bins=SHADOW_BINS, range=(0, 256))
-    weights = histogram.astype(np.float64) / max(1, histogram.sum())
-    centres = (edges[:-1] + edges[1:]) / 2
+    width = 256 // SHADOW_BINS
+    levels = np.clip(ink, 0, 255).astype(np.int64) // width
+    weights = np.bincount(levels.ravel(), minlength=SHADOW_BINS) / max(1, levels.size)
+    centres = np.arange(SHADOW_BINS) * width + width / 2
     mass = np.concatenate([[0.0], np.cumsum(weights)])
     moment = np.concatenate([[0.0], np.cumsum(weights * centres)])
     # Classes [0, i), [i, j), [j, bins) for every 0 < i < j < bins.
@@ -382,4 +399,4 @@ def _two_thresholds(ink: Ink) -> tuple[float, float]:
         m = moment[high] - moment[low]
         score += np.divide(m * m, w, out=np.zeros_like(w), where=w > 0)
     best = int(np.argmax(score))
-    return float(edges[i[best]]), float(edges[j[best]])
+    return float(i[best] * width), float(j[best] * width)
