@@ -128,7 +128,7 @@ def without_shadows(ink: Ink) -> Ink:
     lower, upper = _two_thresholds(ink)
     # Looked for at about 128 pixels a side: a shadow is broad, and a rule or a stroke's soft
     # edge, a pixel or two wide, mostly vanishes there.
-    factor = max(1, max(ink.shape) // SHADOW_SIDE)
+    factor = max(1, min(max(ink.shape) // SHADOW_SIDE, min(ink.shape)))  # a strip: as it is
     coarse = _block_means((ink >= lower) & (ink < upper), factor) >= 0.5
     labels, count = ndimage.label(coarse)
     sizes = np.bincount(labels.ravel(), minlength=count + 1)

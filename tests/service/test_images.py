@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from service.errors import InvalidInput
-from service.images import decode_upload, preprocess
+from service.images import decode_upload, prepare_upload, preprocess
 from training.data import MnistSplits
 
 
@@ -344,3 +344,19 @@ def test_a_shadow_across_the_paper_is_not_ink(
         strokes = written(original, 5)
         shaded = prepared(in_shadow(strokes, angle, place, dark))
         assert best_shift_correlation(shaded, prepared(alone(strokes))) > 0.85
+
+
+@pytest.mark.parametrize("size", [(1, 3000), (3000, 1), (3, 700), (700, 3), (2, 2)])
+@pytest.mark.parametrize("paper", [0, 255])
+def test_a_strip_of_a_picture_is_read_or_has_no_digit(size: tuple[int, int], paper: int) -> None:
+    """A side narrower than the blocks the shadow is looked for in left no blocks, and the
+    search failed on the empty grid: "could not be read as an image" for a valid PNG."""
+    image = Image.new("L", size, paper)
+    image.putpixel((0, 0), 255 - paper)
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    try:
+        answer = f"{prepare_upload(buffer.getvalue(), 10**8).pixels.shape}"
+    except InvalidInput as error:
+        answer = str(error)
+    assert answer == "(28, 28)" or "shows no digit" in answer
