@@ -240,7 +240,8 @@ class Rule:
 
 
 def _rules(mask: Mask) -> list[Rule]:
-    """Thin runs lying along straight lines that cross the picture from side to side."""
+    """Thin runs lying along straight lines, each over `SEED_SPAN` of the picture's width or
+    more, the best-fitting line of each first."""
     height, width = mask.shape
     padded = np.zeros((height + 2, width), dtype=np.int8)
     padded[1:-1] = mask
